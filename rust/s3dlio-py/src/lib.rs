@@ -1,0 +1,281 @@
+//! `s3dlio._core`: pyo3 glue over `s3dlio-core`. Type conversion, GIL handling, error mapping and
+//! the zero-copy `Buffer`; no storage logic lives here.
+
+mod asyncio;
+mod buffer;
+mod config;
+mod errors;
+mod wait;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+use s3dlio_core::runtime::context;
+use s3dlio_core::{store, CancellationToken, ListPage, Result};
+use tokio::sync::mpsc;
+
+use crate::asyncio::future;
+use crate::buffer::{bytes_from_py, Buffer};
+use crate::config::{resolve, Config};
+use crate::errors::to_pyerr;
+use crate::wait::wait;
+
+/// One object (or, in a one-level listing, a common prefix with `is_dir`).
+#[pyclass(frozen, module = "s3dlio._core", name = "ObjectInfo", eq, hash)]
+#[derive(PartialEq, Hash)]
+struct ObjectInfo {
+    #[pyo3(get)]
+    uri: String,
+    #[pyo3(get)]
+    size: u64,
+    #[pyo3(get)]
+    etag: Option<String>,
+    /// Seconds since the Unix epoch, as bits (for Hash); exposed as a float.
+    last_modified_bits: Option<u64>,
+    #[pyo3(get)]
+    is_dir: bool,
+}
+
+impl From<s3dlio_core::ObjectInfo> for ObjectInfo {
+    fn from(o: s3dlio_core::ObjectInfo) -> Self {
+        ObjectInfo {
+            uri: o.uri,
+            size: o.size,
+            etag: o.etag,
+            last_modified_bits: o.last_modified.map(f64::to_bits),
+            is_dir: o.is_dir,
+        }
+    }
+}
+
+#[pymethods]
+impl ObjectInfo {
+    #[getter]
+    fn last_modified(&self) -> Option<f64> {
+        self.last_modified_bits.map(f64::from_bits)
+    }
+
+    fn __repr__(&self) -> String {
+        if self.is_dir {
+            format!("ObjectInfo(uri={:?}, is_dir=True)", self.uri)
+        } else {
+            format!(
+                "ObjectInfo(uri={:?}, size={}, etag={:?})",
+                self.uri, self.size, self.etag
+            )
+        }
+    }
+}
+
+fn infos(v: Vec<s3dlio_core::ObjectInfo>) -> Vec<ObjectInfo> {
+    v.into_iter().map(ObjectInfo::from).collect()
+}
+
+fn buffers(v: Vec<Bytes>) -> Vec<Buffer> {
+    v.into_iter().map(Buffer::new).collect()
+}
+
+/// Bytes borrowed from any buffer-protocol object (no copy).
+struct Data(Bytes);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Data {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        bytes_from_py(&obj.to_owned()).map(Data)
+    }
+}
+
+/// Each storage operation exists twice: a blocking function that releases the GIL and answers
+/// Ctrl-C, and an `_async` twin returning an awaitable. One body serves both.
+macro_rules! twin {
+    ($name:ident, $aname:ident, ($($arg:ident : $ty:ty),*), [$($sig:tt)*], $ret:ty, |$cfg:ident| $body:expr) => {
+        #[pyfunction]
+        #[pyo3(signature = ($($sig)*))]
+        fn $name(py: Python<'_>, $($arg: $ty,)* config: Option<&Bound<'_, Config>>) -> PyResult<$ret> {
+            let $cfg = resolve(config);
+            wait(py, async move { $body })
+        }
+
+        #[pyfunction]
+        #[pyo3(signature = ($($sig)*))]
+        fn $aname<'py>(py: Python<'py>, $($arg: $ty,)* config: Option<&Bound<'py, Config>>) -> PyResult<Bound<'py, PyAny>> {
+            let $cfg = resolve(config);
+            future(py, async move { $body })
+        }
+    };
+}
+
+twin!(get, get_async, (uri: String), [uri, config=None], Buffer,
+    |cfg| store::get(&uri, &cfg).await.map(Buffer::new));
+twin!(get_range, get_range_async, (uri: String, offset: u64, length: Option<u64>), [uri, offset, length=None, config=None], Buffer,
+    |cfg| store::get_range(&uri, offset, length, &cfg).await.map(Buffer::new));
+twin!(get_many, get_many_async, (uris: Vec<String>, max_concurrency: Option<usize>), [uris, max_concurrency=None, config=None], Vec<Buffer>,
+    |cfg| store::get_many(&uris, max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await.map(buffers));
+twin!(stat, stat_async, (uri: String), [uri, config=None], ObjectInfo,
+    |cfg| store::stat(&uri, &cfg).await.map(ObjectInfo::from));
+twin!(exists, exists_async, (uri: String), [uri, config=None], bool,
+    |cfg| store::exists(&uri, &cfg).await);
+twin!(list, list_async, (uri: String, recursive: bool, pattern: Option<String>), [uri, recursive=true, pattern=None, config=None], Vec<ObjectInfo>,
+    |cfg| store::list(&uri, recursive, pattern.as_deref(), &cfg).await.map(infos));
+twin!(put, put_async, (uri: String, data: Data), [uri, data, config=None], (),
+    |cfg| store::put(&uri, data.0, &cfg).await);
+twin!(delete, delete_async, (uri: String), [uri, config=None], (),
+    |cfg| store::delete(&uri, &cfg).await);
+twin!(delete_prefix, delete_prefix_async, (uri: String), [uri, config=None], usize,
+    |cfg| store::delete_prefix(&uri, &cfg).await);
+twin!(upload, upload_async, (local_dir: String, uri: String), [local_dir, uri, config=None], usize,
+    |cfg| store::upload(&local_dir, &uri, &cfg).await);
+twin!(download, download_async, (uri: String, local_dir: String), [uri, local_dir, config=None], usize,
+    |cfg| store::download(&uri, &local_dir, &cfg).await);
+twin!(create_bucket, create_bucket_async, (uri: String), [uri, config=None], (),
+    |cfg| store::create_bucket(&uri, &cfg).await);
+twin!(delete_bucket, delete_bucket_async, (uri: String), [uri, config=None], (),
+    |cfg| store::delete_bucket(&uri, &cfg).await);
+
+/// Streams a listing from a background task, one page ahead of the consumer.
+#[pyclass(module = "s3dlio._core", name = "ListIter")]
+struct ListIter {
+    rx: Option<mpsc::Receiver<Result<ListPage>>>,
+    page: std::vec::IntoIter<s3dlio_core::ObjectInfo>,
+    token: CancellationToken,
+}
+
+#[pymethods]
+impl ListIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<ObjectInfo>> {
+        loop {
+            if let Some(item) = self.page.next() {
+                return Ok(Some(item.into()));
+            }
+            let Some(mut rx) = self.rx.take() else {
+                return Ok(None);
+            };
+            // The receiver travels into the wait and comes back with the next page.
+            let (rx, next) = wait(py, async move {
+                let next = rx.recv().await;
+                Ok((rx, next))
+            })?;
+            match next {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(to_pyerr(e)),
+                Some(Ok(page)) => {
+                    self.rx = Some(rx);
+                    self.page = page.into_iter();
+                }
+            }
+        }
+    }
+
+    /// Stop the listing task now (idempotent).
+    fn close(&mut self) {
+        self.token.cancel();
+        self.rx = None;
+    }
+}
+
+impl Drop for ListIter {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (uri, recursive=true, pattern=None, config=None))]
+fn list_iter(
+    uri: String,
+    recursive: bool,
+    pattern: Option<String>,
+    config: Option<&Bound<'_, Config>>,
+) -> PyResult<ListIter> {
+    let cfg = resolve(config);
+    let ctx = context().map_err(to_pyerr)?;
+    let token = CancellationToken::new();
+    let task_token = token.clone();
+    let (tx, rx) = mpsc::channel(1);
+    drop(ctx.spawn(async move {
+        let work = async {
+            match store::list_stream(&uri, recursive, pattern.as_deref(), &cfg).await {
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+                Ok(mut pages) => {
+                    while let Some(page) = pages.next().await {
+                        let failed = page.is_err();
+                        if tx.send(page).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            () = task_token.cancelled() => {}
+            () = work => {}
+        }
+    }));
+    Ok(ListIter {
+        rx: Some(rx),
+        page: Vec::new().into_iter(),
+        token,
+    })
+}
+
+/// Number of tasks s3dlio has running in this process right now (0 when idle).
+#[pyfunction]
+fn live_tasks() -> PyResult<usize> {
+    Ok(context().map_err(to_pyerr)?.live_tasks())
+}
+
+/// PID the current runtime context was built in (fork-safety tests).
+#[pyfunction]
+fn _debug_runtime_pid() -> PyResult<u32> {
+    Ok(context().map_err(to_pyerr)?.pid())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add(
+        "__version__",
+        PyString::new(m.py(), env!("CARGO_PKG_VERSION")),
+    )?;
+    m.add_class::<Buffer>()?;
+    m.add_class::<ObjectInfo>()?;
+    m.add_class::<Config>()?;
+    m.add_class::<ListIter>()?;
+    m.add_function(wrap_pyfunction!(get, m)?)?;
+    m.add_function(wrap_pyfunction!(get_async, m)?)?;
+    m.add_function(wrap_pyfunction!(get_range, m)?)?;
+    m.add_function(wrap_pyfunction!(get_range_async, m)?)?;
+    m.add_function(wrap_pyfunction!(get_many, m)?)?;
+    m.add_function(wrap_pyfunction!(get_many_async, m)?)?;
+    m.add_function(wrap_pyfunction!(stat, m)?)?;
+    m.add_function(wrap_pyfunction!(stat_async, m)?)?;
+    m.add_function(wrap_pyfunction!(exists, m)?)?;
+    m.add_function(wrap_pyfunction!(exists_async, m)?)?;
+    m.add_function(wrap_pyfunction!(list, m)?)?;
+    m.add_function(wrap_pyfunction!(list_async, m)?)?;
+    m.add_function(wrap_pyfunction!(list_iter, m)?)?;
+    m.add_function(wrap_pyfunction!(put, m)?)?;
+    m.add_function(wrap_pyfunction!(put_async, m)?)?;
+    m.add_function(wrap_pyfunction!(delete, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_async, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_prefix_async, m)?)?;
+    m.add_function(wrap_pyfunction!(upload, m)?)?;
+    m.add_function(wrap_pyfunction!(upload_async, m)?)?;
+    m.add_function(wrap_pyfunction!(download, m)?)?;
+    m.add_function(wrap_pyfunction!(download_async, m)?)?;
+    m.add_function(wrap_pyfunction!(create_bucket, m)?)?;
+    m.add_function(wrap_pyfunction!(create_bucket_async, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_bucket, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
+    m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_runtime_pid, m)?)?;
+    Ok(())
+}

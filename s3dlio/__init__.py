@@ -1,0 +1,276 @@
+"""s3dlio: fast, cancellable object-storage I/O for AI/ML pipelines.
+
+One API over ``s3://bucket/key`` (any S3-compatible server), ``file:///path`` (page-cache reads)
+and ``direct:///path`` (O_DIRECT). The work runs in a Rust core on a per-process tokio runtime;
+reads come back as zero-copy :class:`Buffer` objects. Every blocking call releases the GIL and
+answers Ctrl-C within a fraction of a second. Each call has an ``_async`` twin for asyncio.
+
+Only numpy is needed to import it; torch, jax and tensorflow are optional.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from . import _core, exceptions
+from ._core import Buffer, ListIter, ObjectInfo, live_tasks
+from .config import StorageConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer as BufferLike
+
+__version__ = _core.__version__
+
+__all__ = [
+    "Buffer",
+    "ListIter",
+    "ObjectInfo",
+    "StorageConfig",
+    "__version__",
+    "create_bucket",
+    "create_bucket_async",
+    "delete",
+    "delete_async",
+    "delete_bucket",
+    "delete_bucket_async",
+    "delete_prefix",
+    "delete_prefix_async",
+    "download",
+    "download_async",
+    "exceptions",
+    "exists",
+    "exists_async",
+    "get",
+    "get_async",
+    "get_many",
+    "get_many_async",
+    "get_range",
+    "get_range_async",
+    "list",
+    "list_async",
+    "list_iter",
+    "live_tasks",
+    "put",
+    "put_async",
+    "stat",
+    "stat_async",
+    "upload",
+    "upload_async",
+]
+
+_list = list  # the builtin, shadowed below by s3dlio.list
+
+
+def _native(config: StorageConfig | None) -> _core.Config | None:
+    if config is None:
+        return None
+    if not isinstance(config, StorageConfig):
+        raise exceptions.InvalidConfigError(
+            f"config must be an s3dlio.StorageConfig, not {type(config).__name__}"
+        )
+    return config.native
+
+
+def _uris(uris: Iterable[str]) -> Sequence[str]:
+    if isinstance(uris, str):
+        raise exceptions.InvalidConfigError("get_many() takes a sequence of URIs, not a single string")
+    return uris if isinstance(uris, (_list, tuple)) else _list(uris)
+
+
+def _path(p: str | os.PathLike[str]) -> str:
+    return os.fspath(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reads
+# ---------------------------------------------------------------------------------------------
+
+
+def get(uri: str, *, config: StorageConfig | None = None) -> Buffer:
+    """Read a whole object into a zero-copy :class:`Buffer`.
+
+    >>> buf = s3dlio.get("s3://bucket/key")
+    >>> arr = numpy.frombuffer(buf, dtype=numpy.uint8)   # shares the Rust memory
+    """
+    return _core.get(uri, _native(config))
+
+
+def get_range(uri: str, offset: int, length: int | None = None, *, config: StorageConfig | None = None) -> Buffer:
+    """Read ``length`` bytes starting at ``offset`` (to the end when ``length`` is None).
+
+    A range that does not lie entirely inside the object raises
+    :class:`~s3dlio.exceptions.RangeError`; s3dlio never returns short or padded data.
+    """
+    return _core.get_range(uri, offset, length, _native(config))
+
+
+def get_many(
+    uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> list[Buffer]:
+    """Read many objects concurrently; results are in input order.
+
+    At most ``max_concurrency`` (default ``config.max_concurrency``) requests are in flight. The
+    first failure is raised naming its URI and the remaining requests are cancelled.
+    """
+    return _core.get_many(_uris(uris), max_concurrency, _native(config))
+
+
+def stat(uri: str, *, config: StorageConfig | None = None) -> ObjectInfo:
+    """Size, ETag and last-modified time of one object (HEAD for S3, ``stat`` for files)."""
+    return _core.stat(uri, _native(config))
+
+
+def exists(uri: str, *, config: StorageConfig | None = None) -> bool:
+    """True when the object exists; other errors (403, timeouts) are raised, not hidden."""
+    return _core.exists(uri, _native(config))
+
+
+def list(  # noqa: A001 - mirrors the storage verb; the builtin stays reachable as builtins.list
+    uri: str, *, recursive: bool = True, pattern: str | None = None, config: StorageConfig | None = None
+) -> _list[ObjectInfo]:
+    """List the objects under a prefix, following every page (no 1,000-key cap).
+
+    ``uri`` is a prefix: ``s3://bucket/data/`` lists ``data/...``; ``s3://bucket/da`` also
+    matches ``data2/...``. With ``recursive=False`` the listing stops at the next ``/`` and
+    common prefixes come back as entries with ``is_dir=True``. ``pattern`` is a glob matched
+    against the key relative to the prefix (``*`` also matches ``/``; ``?``, ``[abc]``,
+    ``{a,b}`` work as in a shell). Each entry carries its size, so reads need no HEAD.
+    """
+    return _core.list(uri, recursive, pattern, _native(config))
+
+
+def list_iter(
+    uri: str, *, recursive: bool = True, pattern: str | None = None, config: StorageConfig | None = None
+) -> Iterator[ObjectInfo]:
+    """Like :func:`list`, but streams entries while later pages are still being fetched."""
+    return _core.list_iter(uri, recursive, pattern, _native(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes
+# ---------------------------------------------------------------------------------------------
+
+
+def put(uri: str, data: BufferLike, *, config: StorageConfig | None = None) -> None:
+    """Write an object from anything with the buffer protocol (bytes, bytearray, memoryview,
+    numpy arrays, :class:`Buffer`), without a Python-side copy.
+
+    Objects of at least ``config.multipart_threshold`` bytes are uploaded as a concurrent
+    multipart upload; on any failure, exception or Ctrl-C the upload is aborted, never completed
+    with missing parts. ``file://`` and ``direct://`` writes go to a temporary file that is
+    renamed into place, so a reader never sees a partial file.
+    """
+    _core.put(uri, data, _native(config))
+
+
+def delete(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Delete exactly the object named: ``delete("s3://b/obj_1")`` never touches ``obj_10``.
+
+    Deleting an object that does not exist is not an error (S3 semantics)."""
+    _core.delete(uri, _native(config))
+
+
+def delete_prefix(uri: str, *, config: StorageConfig | None = None) -> int:
+    """Delete every object whose key starts with the prefix; returns how many were deleted."""
+    return _core.delete_prefix(uri, _native(config))
+
+
+def upload(local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None) -> int:
+    """Upload a local directory tree under a prefix, keeping relative paths; returns the file count."""
+    return _core.upload(_path(local_dir), uri, _native(config))
+
+
+def download(uri: str, local_dir: str | os.PathLike[str], *, config: StorageConfig | None = None) -> int:
+    """Download every object under a prefix into a local directory, keeping relative paths.
+
+    Keys that would escape ``local_dir`` (``..``, absolute paths) are refused. Returns the count."""
+    return _core.download(uri, _path(local_dir), _native(config))
+
+
+def create_bucket(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Create a bucket (``s3://name``) or a directory (``file://``/``direct://``)."""
+    _core.create_bucket(uri, _native(config))
+
+
+def delete_bucket(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Delete an empty bucket (or an empty directory)."""
+    _core.delete_bucket(uri, _native(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# asyncio twins: same arguments, same errors, awaitable. Cancelling the awaiting task cancels
+# the Rust work.
+# ---------------------------------------------------------------------------------------------
+
+
+async def get_async(uri: str, *, config: StorageConfig | None = None) -> Buffer:
+    """Async :func:`get`."""
+    return await _core.get_async(uri, _native(config))
+
+
+async def get_range_async(
+    uri: str, offset: int, length: int | None = None, *, config: StorageConfig | None = None
+) -> Buffer:
+    """Async :func:`get_range`."""
+    return await _core.get_range_async(uri, offset, length, _native(config))
+
+
+async def get_many_async(
+    uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> _list[Buffer]:
+    """Async :func:`get_many`."""
+    return await _core.get_many_async(_uris(uris), max_concurrency, _native(config))
+
+
+async def stat_async(uri: str, *, config: StorageConfig | None = None) -> ObjectInfo:
+    """Async :func:`stat`."""
+    return await _core.stat_async(uri, _native(config))
+
+
+async def exists_async(uri: str, *, config: StorageConfig | None = None) -> bool:
+    """Async :func:`exists`."""
+    return await _core.exists_async(uri, _native(config))
+
+
+async def list_async(
+    uri: str, *, recursive: bool = True, pattern: str | None = None, config: StorageConfig | None = None
+) -> _list[ObjectInfo]:
+    """Async :func:`list`."""
+    return await _core.list_async(uri, recursive, pattern, _native(config))
+
+
+async def put_async(uri: str, data: BufferLike, *, config: StorageConfig | None = None) -> None:
+    """Async :func:`put`."""
+    await _core.put_async(uri, data, _native(config))
+
+
+async def delete_async(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Async :func:`delete`."""
+    await _core.delete_async(uri, _native(config))
+
+
+async def delete_prefix_async(uri: str, *, config: StorageConfig | None = None) -> int:
+    """Async :func:`delete_prefix`."""
+    return await _core.delete_prefix_async(uri, _native(config))
+
+
+async def upload_async(local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None) -> int:
+    """Async :func:`upload`."""
+    return await _core.upload_async(_path(local_dir), uri, _native(config))
+
+
+async def download_async(uri: str, local_dir: str | os.PathLike[str], *, config: StorageConfig | None = None) -> int:
+    """Async :func:`download`."""
+    return await _core.download_async(uri, _path(local_dir), _native(config))
+
+
+async def create_bucket_async(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Async :func:`create_bucket`."""
+    await _core.create_bucket_async(uri, _native(config))
+
+
+async def delete_bucket_async(uri: str, *, config: StorageConfig | None = None) -> None:
+    """Async :func:`delete_bucket`."""
+    await _core.delete_bucket_async(uri, _native(config))

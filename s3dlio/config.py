@@ -1,0 +1,81 @@
+"""Storage configuration: where the server is, how to authenticate, timeouts, retries, transfer sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import _core
+
+__all__ = ["StorageConfig"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Frozen, picklable storage settings, validated once at construction.
+
+    Every field left ``None`` is resolved from the standard AWS sources when a client is built:
+    ``endpoint_url`` from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``; ``region`` from
+    ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` / the profile, else ``us-east-1``; credentials from
+    the standard chain (environment, profile, web identity, ...). Explicit keys are used as static
+    credentials and nothing else is probed.
+
+    Pass it as ``config=`` to any s3dlio call. Bad values raise
+    :class:`s3dlio.exceptions.InvalidConfigError` here, not later.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    profile: str | None = None
+    #: Path-style addressing (``http://host/bucket/key``). ``None``: on when ``endpoint_url`` is set.
+    force_path_style: bool | None = None
+    #: Seconds to establish a TCP (and TLS) connection.
+    connect_timeout: float = 5.0
+    #: Seconds without receiving a byte before a request attempt fails.
+    read_timeout: float = 30.0
+    #: Seconds for one whole operation including retries (``None``: unlimited).
+    operation_timeout: float | None = None
+    #: Attempts per request (1 = no retries); retries use jittered exponential backoff on
+    #: 503/SlowDown, 5xx, timeouts and connection resets.
+    max_attempts: int = 5
+    #: Base of the retry backoff, in seconds.
+    initial_backoff: float = 0.05
+    #: Requests in flight for get_many, multipart parts, upload/download and delete_prefix.
+    max_concurrency: int = 64
+    #: Objects of at least this many bytes are uploaded with multipart.
+    multipart_threshold: int = 16 * MiB
+    #: Part size of multipart uploads (S3 requires >= 5 MiB).
+    part_size: int = 8 * MiB
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_native", _core.Config(**self._fields()))
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def native(self) -> _core.Config:
+        """The validated native config passed to the Rust core."""
+        native: _core.Config = self.__dict__["_native"]
+        return native
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._fields()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        self.__post_init__()
+
+    def __repr__(self) -> str:
+        shown = []
+        for k, v in self._fields().items():
+            if k in ("secret_access_key", "session_token") and v is not None:
+                v = "***"
+            shown.append(f"{k}={v!r}")
+        return f"StorageConfig({', '.join(shown)})"

@@ -1,0 +1,145 @@
+"""Shared fixtures: one real SeaweedFS S3 server per session, fresh buckets, real-disk and tmpfs dirs,
+the fault-injecting proxy, and the ``root`` fixture that runs a test on every storage backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if importlib.util.find_spec("s3dlio") is None:  # running from a checkout without `pip install`
+    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/faultproxy.py
+
+import s3dlio  # noqa: E402
+from s3dlio.testing import LocalS3Server  # noqa: E402
+
+from faultproxy import FaultProxy  # noqa: E402
+from helpers import accepts_o_direct, fresh_bucket, fs_type  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (still in the default run)")
+    # Registered by pytest-timeout when installed; declared here too so --strict-markers never trips.
+    config.addinivalue_line("markers", "timeout(seconds): per-test timeout (pytest-timeout)")
+
+
+# -------------------------------------------------------------------------------------------------
+# The S3 server
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3Server]:
+    """SeaweedFS on 127.0.0.1, started once; its AWS_* variables are exported so that the default
+    config (``config=None``) and every child process talk to it. SIGKILLed at the end."""
+    saved = dict(os.environ)
+    server = LocalS3Server()
+    server.start()
+    try:
+        server.apply_env()
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+        yield server
+    finally:
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def bucket(s3_server: LocalS3Server) -> Iterator[str]:
+    """Name of a fresh, empty bucket (no ``s3://``)."""
+    with fresh_bucket() as name:
+        yield name
+
+
+@pytest.fixture
+def s3_config(s3_server: LocalS3Server) -> Callable[..., s3dlio.StorageConfig]:
+    """Factory of explicit StorageConfigs for the test server: ``s3_config(max_attempts=1, ...)``."""
+
+    def make(**overrides: object) -> s3dlio.StorageConfig:
+        return s3_server.config(**overrides)  # type: ignore[return-value]
+
+    return make
+
+
+@pytest.fixture
+def proxy(s3_server: LocalS3Server) -> Iterator[FaultProxy]:
+    """A fault-injecting TCP proxy in front of the server, in ``pass`` mode; stopped afterwards."""
+    with FaultProxy(s3_server.endpoint) as p:
+        yield p
+
+
+@pytest.fixture
+def boto3_client(s3_server: LocalS3Server):  # type: ignore[no-untyped-def]
+    """An independent observer (boto3) talking straight to the server."""
+    boto3 = pytest.importorskip("boto3")
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        region_name=s3_server.region,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+# Local directories
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Iterator[str]:
+    """A fresh directory on a real disk filesystem that accepts O_DIRECT (never tmpfs)."""
+    for base in (str(tmp_path), "/var/tmp", str(REPO / "target")):
+        if os.path.isdir(base) and fs_type(base) != "tmpfs" and accepts_o_direct(base):
+            d = tempfile.mkdtemp(prefix="s3dlio-direct-", dir=base)
+            try:
+                yield d
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+            return
+    pytest.skip("no disk-backed directory accepting O_DIRECT found (tmp_path, /var/tmp, target/ are tmpfs?)")
+
+
+@pytest.fixture
+def tmpfs_dir() -> Iterator[str]:
+    """A fresh directory on tmpfs (/dev/shm), where O_DIRECT is refused."""
+    if not os.path.isdir("/dev/shm") or fs_type("/dev/shm") != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs mount on this machine")
+    d = tempfile.mkdtemp(prefix="s3dlio-tmpfs-", dir="/dev/shm")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Every backend
+# -------------------------------------------------------------------------------------------------
+
+BACKENDS = ("s3", "file", "direct")
+
+
+@pytest.fixture(params=BACKENDS)
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A writable, empty prefix ending in ``/`` on each backend: ``s3://bucket/``,
+    ``file:///tmp/.../`` and ``direct:///var/tmp/.../``."""
+    if request.param == "s3":
+        return f"s3://{request.getfixturevalue('bucket')}/"
+    if request.param == "file":
+        d = tmp_path / "file-root"
+        d.mkdir()
+        return "file://" + str(d) + "/"
+    return "direct://" + request.getfixturevalue("disk_dir") + "/"

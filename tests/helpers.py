@@ -1,0 +1,75 @@
+"""Small helpers shared by the tests (importable from child processes too)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import s3dlio
+
+MiB = 1024 * 1024
+
+
+def unique_bucket_name(tag: str = "t") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:16]}"
+
+
+@contextlib.contextmanager
+def fresh_bucket(tag: str = "t") -> Iterator[str]:
+    """Create a uniquely named bucket with s3dlio; empty and delete it afterwards (errors ignored)."""
+    name = unique_bucket_name(tag)
+    s3dlio.create_bucket(f"s3://{name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            s3dlio.delete_prefix(f"s3://{name}/")
+        with contextlib.suppress(Exception):
+            s3dlio.delete_bucket(f"s3://{name}")
+
+
+def fs_type(path: str | os.PathLike[str]) -> str:
+    """Filesystem type of the mount holding ``path`` (longest mount-point prefix in /proc/mounts)."""
+    real = os.path.realpath(path)
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError), open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            mnt = parts[1].replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, parts[2]
+    return kind
+
+
+def accepts_o_direct(directory: str) -> bool:
+    """True when a file in ``directory`` can be opened with O_DIRECT."""
+    probe = os.path.join(directory, f".odirect-probe-{uuid.uuid4().hex}")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY | getattr(os, "O_DIRECT", 0), 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return hasattr(os, "O_DIRECT")
+
+
+def rel(info_uri: str, prefix: str) -> str:
+    """The part of a listed URI below ``prefix``, without a trailing ``/`` (directories)."""
+    assert info_uri.startswith(prefix), f"{info_uri!r} is not under {prefix!r}"
+    return info_uri[len(prefix) :].rstrip("/")
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 2.0, step: float = 0.02) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds passed; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(pred())
+        time.sleep(step)
