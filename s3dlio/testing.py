@@ -144,6 +144,10 @@ class LocalS3Server:
             f"-s3.port={self.port}",
             f"-s3.port.grpc={free_port()}",
             f"-s3.config={cfg_path}",
+            # Extra gateways with fixed default ports would collide between servers: off.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-iam=false",
             "-s3.localSocket=" + os.path.join(self.data_dir, "s3.sock"),
         ]
         if self.cpu is not None:
@@ -161,7 +165,10 @@ class LocalS3Server:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited early (code {self._proc.returncode}); see {self.log_path}")
+                code = self._proc.returncode
+                tail = self._log_tail()
+                self.stop()
+                raise RuntimeError(f"SeaweedFS exited early (code {code}); log tail:\n{tail}")
             try:
                 # An unsigned request is refused (403) once the gateway is up: that is "ready".
                 urllib.request.urlopen(self.endpoint + "/", timeout=2)  # noqa: S310 - loopback only
@@ -204,6 +211,13 @@ class LocalS3Server:
         }
         kw.update(overrides)
         return s3dlio.StorageConfig(**kw)  # type: ignore[arg-type]
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     @property
     def log_path(self) -> str:

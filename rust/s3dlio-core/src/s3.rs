@@ -14,7 +14,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
@@ -166,7 +166,21 @@ impl S3Store {
                 None => format!("bytes={offset}-"),
             });
         }
-        let resp = req.send().await.map_err(|e| map_sdk_err(e, &uri))?;
+        let resp = req.send().await.map_err(|e| {
+            let err = map_sdk_err(e, &uri);
+            match range {
+                Some((offset, len)) if err.kind() == ErrorKind::InvalidRange => Error::new(
+                    ErrorKind::InvalidRange,
+                    Some(&uri),
+                    format!(
+                        "range at byte {offset} ({}) is outside the object: {}",
+                        len.map_or_else(|| "to the end".to_owned(), |l| format!("{l} bytes")),
+                        err.message()
+                    ),
+                ),
+                _ => err,
+            }
+        })?;
         let expected = resp.content_length().and_then(|n| usize::try_from(n).ok());
         let total = resp.content_range().and_then(total_from_content_range);
         // The one honest copy: network chunks into one contiguous buffer, pre-sized.
@@ -508,7 +522,7 @@ impl Drop for AbortGuard {
     fn drop(&mut self) {
         if let Some(id) = self.upload_id.take() {
             if let Ok(ctx) = context() {
-                let _ = ctx.spawn(self.request(&id));
+                drop(ctx.spawn(self.request(&id)));
             }
         }
     }
@@ -564,7 +578,7 @@ where
         SdkError::DispatchFailure(_) => ErrorKind::Io,
         SdkError::ServiceError(s) => classify(s.raw().status().as_u16(), s.err().code()),
         SdkError::ConstructionFailure(_) => {
-            let text = DisplayErrorContext(&err).to_string();
+            let text = crate::error::chain(&err);
             if text.contains("credentials") {
                 ErrorKind::PermissionDenied
             } else {
@@ -573,14 +587,24 @@ where
         }
         _ => ErrorKind::Io,
     };
-    let mut message = DisplayErrorContext(&err).to_string();
-    if let SdkError::ServiceError(s) = &err {
-        if let Some(code) = s.err().code() {
-            if !message.contains(code) {
-                message = format!("{code}: {message}");
+    let message = match &err {
+        SdkError::ServiceError(s) => {
+            let meta = s.err().meta();
+            let status = s.raw().status().as_u16();
+            let mut m = format!(
+                "{}: {}",
+                meta.code().unwrap_or("error"),
+                meta.message().unwrap_or("(no message)")
+            );
+            m.push_str(&format!(" (HTTP {status}"));
+            if let Some(id) = meta.extra("aws_request_id") {
+                m.push_str(&format!(", request id {id}"));
             }
+            m.push(')');
+            m
         }
-    }
+        _ => crate::error::chain(&err),
+    };
     Error::new(kind, Some(uri), message)
 }
 

@@ -47,7 +47,7 @@ pub type ListPage = Vec<ObjectInfo>;
 /// A backend resolved for one location.
 enum Backend {
     S3 {
-        store: S3Store,
+        store: Box<S3Store>,
         bucket: String,
         key: String,
     },
@@ -61,7 +61,7 @@ impl Backend {
     async fn new(loc: Location, cfg: &StoreConfig) -> Result<Backend> {
         Ok(match loc {
             Location::S3 { bucket, key } => Backend::S3 {
-                store: S3Store::new(cfg).await?,
+                store: Box::new(S3Store::new(cfg).await?),
                 bucket,
                 key,
             },
@@ -330,7 +330,7 @@ fn prune_empty_dirs(dir: &Path) {
         let _ = std::fs::remove_dir(d); // fails (and is ignored) unless empty
     }
     if dir.is_dir() {
-        walk(&dir);
+        walk(dir);
     }
 }
 
