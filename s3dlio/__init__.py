@@ -97,7 +97,9 @@ def get(uri: str, *, config: StorageConfig | None = None) -> Buffer:
     return _core.get(uri, _native(config))
 
 
-def get_range(uri: str, offset: int, length: int | None = None, *, config: StorageConfig | None = None) -> Buffer:
+def get_range(
+    uri: str, offset: int, length: int | None = None, *, config: StorageConfig | None = None
+) -> Buffer:
     """Read ``length`` bytes starting at ``offset`` (to the end when ``length`` is None).
 
     A range that does not lie entirely inside the object raises
@@ -108,7 +110,7 @@ def get_range(uri: str, offset: int, length: int | None = None, *, config: Stora
 
 def get_many(
     uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
-) -> list[Buffer]:
+) -> _list[Buffer]:
     """Read many objects concurrently; results are in input order.
 
     At most ``max_concurrency`` (default ``config.max_concurrency``) requests are in flight. The
@@ -256,12 +258,16 @@ async def delete_prefix_async(uri: str, *, config: StorageConfig | None = None) 
     return await _core.delete_prefix_async(uri, _native(config))
 
 
-async def upload_async(local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None) -> int:
+async def upload_async(
+    local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None
+) -> int:
     """Async :func:`upload`."""
     return await _core.upload_async(_path(local_dir), uri, _native(config))
 
 
-async def download_async(uri: str, local_dir: str | os.PathLike[str], *, config: StorageConfig | None = None) -> int:
+async def download_async(
+    uri: str, local_dir: str | os.PathLike[str], *, config: StorageConfig | None = None
+) -> int:
     """Async :func:`download`."""
     return await _core.download_async(uri, _path(local_dir), _native(config))
 

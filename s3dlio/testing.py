@@ -25,6 +25,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s3dlio import StorageConfig
 
 __all__ = ["LocalS3Server", "free_port"]
 
@@ -115,7 +119,9 @@ class LocalS3Server:
                         },
                         {
                             "name": "reader",
-                            "credentials": [{"accessKey": self.readonly_key, "secretKey": self.readonly_secret}],
+                            "credentials": [
+                                {"accessKey": self.readonly_key, "secretKey": self.readonly_secret}
+                            ],
                             "actions": ["Read", "List"],
                         },
                     ]
@@ -180,8 +186,10 @@ class LocalS3Server:
                 last = e
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"SeaweedFS S3 gateway did not answer on {self.endpoint} within "
-                           f"{self.startup_timeout}s ({last}); see {self.log_path}")
+        raise TimeoutError(
+            f"SeaweedFS S3 gateway did not answer on {self.endpoint} within "
+            f"{self.startup_timeout}s ({last}); see {self.log_path}"
+        )
 
     def _probe_write(self) -> bool:
         """True once the gateway can create a bucket (the volume server has registered)."""
@@ -199,7 +207,7 @@ class LocalS3Server:
         except Exception:
             return False
 
-    def config(self, **overrides: object) -> object:
+    def config(self, **overrides: object) -> StorageConfig:
         """An :class:`s3dlio.StorageConfig` for this server (admin identity unless overridden)."""
         import s3dlio
 
