@@ -19,10 +19,9 @@ if importlib.util.find_spec("s3dlio") is None:  # running from a checkout withou
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/faultproxy.py
 
 import s3dlio  # noqa: E402
-from s3dlio.testing import LocalS3Server  # noqa: E402
-
 from faultproxy import FaultProxy  # noqa: E402
 from helpers import accepts_o_direct, fresh_bucket, fs_type  # noqa: E402
+from s3dlio.testing import LocalS3Server  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -170,7 +170,9 @@ class FaultProxy:
         self._listener.listen(256)
         self._listener.settimeout(0.2)
         self.port: int = self._listener.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="faultproxy-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="faultproxy-accept", daemon=True
+        )
         self._accept_thread.start()
 
     # -- control ---------------------------------------------------------------------------------
@@ -307,7 +309,9 @@ class FaultProxy:
                     client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                     raw_head = (
                         b"".join(
-                            ln + b"\r\n" for ln in raw_head.split(b"\r\n")[:-2] if not ln.lower().startswith(b"expect:")
+                            ln + b"\r\n"
+                            for ln in raw_head.split(b"\r\n")[:-2]
+                            if not ln.lower().startswith(b"expect:")
                         )
                         + b"\r\n"
                     )

@@ -145,7 +145,9 @@ def test_cancelling_get_many_async_stops_every_request(bucket: str, s3_config, p
     cfg = s3_config(endpoint_url=proxy.endpoint, read_timeout=30)
 
     async def main() -> None:
-        task = asyncio.ensure_future(s3dlio.get_many_async([f"s3://{bucket}/k{i}" for i in range(16)], config=cfg))
+        task = asyncio.ensure_future(
+            s3dlio.get_many_async([f"s3://{bucket}/k{i}" for i in range(16)], config=cfg)
+        )
         await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

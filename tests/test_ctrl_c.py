@@ -98,7 +98,9 @@ CASES = [
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("op", "mode", "kw"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_sigint_interrupts_a_stuck_transfer(bucket: str, proxy: FaultProxy, op: str, mode: str, kw: dict) -> None:  # type: ignore[type-arg]
+def test_sigint_interrupts_a_stuck_transfer(
+    bucket: str, proxy: FaultProxy, op: str, mode: str, kw: dict[str, int]
+) -> None:
     """SIGINT during a read from a silent or stalled server raises KeyboardInterrupt within
     0.5 s of the signal, and afterwards live_tasks() is 0 (nothing keeps running)."""
     uri = f"s3://{bucket}/obj"
@@ -118,9 +120,9 @@ def test_sigint_during_multipart_put_aborts_the_upload(bucket: str, proxy: Fault
     assert float(report["latency"]) < 0.5, report
     assert report["LIVE"] == "0", report
     assert not s3dlio.exists(f"s3://{bucket}/big")
-    assert wait_until(lambda: not boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), timeout=5), (
-        boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
-    )
+    assert wait_until(
+        lambda: not boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), timeout=5
+    ), boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
 
 @pytest.mark.timeout(60)
@@ -168,7 +170,7 @@ def test_blocking_call_in_a_worker_thread_can_finish(bucket: str, s3_config, pro
     def work() -> None:
         try:
             s3dlio.get(f"s3://{bucket}/k", config=cfg)
-        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+        except BaseException as e:
             errors.append(e)
 
     t = threading.Thread(target=work)

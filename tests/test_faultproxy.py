@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from faultproxy import FaultProxy
 
 boto3 = pytest.importorskip("boto3")
@@ -68,7 +69,9 @@ def test_http503_then_pass_and_persistent(s3_server, proxy: FaultProxy, bkt: str
     """http503 with count=2 fails two requests then forwards; without count it fails them all."""
     client(s3_server, proxy.endpoint).put_object(Bucket=bkt, Key="k", Body=b"v")
     proxy.set_mode("http503", count=2)
-    assert client(s3_server, proxy.endpoint, attempts=5).get_object(Bucket=bkt, Key="k")["Body"].read() == b"v"
+    assert (
+        client(s3_server, proxy.endpoint, attempts=5).get_object(Bucket=bkt, Key="k")["Body"].read() == b"v"
+    )
     assert proxy.faults_injected == 2
     proxy.set_mode("http500")
     with pytest.raises(botocore.exceptions.ClientError) as ei:
@@ -117,7 +120,7 @@ def test_reset_and_stop(s3_server, bkt: str) -> None:  # type: ignore[no-untyped
     def hung() -> None:
         try:
             client(s3_server, p.endpoint, attempts=1, read_timeout=30).head_bucket(Bucket=bkt)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     t = threading.Thread(target=hung)

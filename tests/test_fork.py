@@ -58,7 +58,9 @@ def child_write_read(uri: str) -> str:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("method", METHODS)
-def test_pool_children_read_after_parent_used_s3dlio(method: str, objects: dict[str, str], parent_runtime: int) -> None:
+def test_pool_children_read_after_parent_used_s3dlio(
+    method: str, objects: dict[str, str], parent_runtime: int
+) -> None:
     """Pool(2) children read the right bytes, each on a runtime built in its own process."""
     uris = list(objects)
     ctx = mp.get_context(method)
@@ -101,7 +103,7 @@ def test_os_fork_child_reads(objects: dict[str, str], parent_runtime: int) -> No
             ok = hashlib.sha256(s3dlio.get(uri)).hexdigest() == digest
             ok = ok and s3dlio._core._debug_runtime_pid() == os.getpid()
             code = 0 if ok else 1
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             code = 2
         finally:
             os._exit(code)

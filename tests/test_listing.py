@@ -92,7 +92,9 @@ def test_pattern_filter(big: str, pattern: str) -> None:
 def test_pattern_with_braces(big: str) -> None:
     """{a,b} alternatives in a pattern select from both branches."""
     got = {rel(e.uri, big) for e in s3dlio.list(big, pattern="{alpha,beta}/k_000?")}
-    want = {k for k in KEYS if fnmatch.fnmatchcase(k, "alpha/k_000?") or fnmatch.fnmatchcase(k, "beta/k_000?")}
+    want = {
+        k for k in KEYS if fnmatch.fnmatchcase(k, "alpha/k_000?") or fnmatch.fnmatchcase(k, "beta/k_000?")
+    }
     assert got == want and want
 
 

@@ -37,7 +37,14 @@ def mp_config(s3_config):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     "size",
     [PART - 1, PART, PART + 1, 10 * MiB, 12 * MiB + 12345, 3 * PART - 7],
-    ids=["below-threshold", "exactly-one-part", "one-part-plus-1", "exactly-10MiB", "12MiB+12345", "3parts-minus-7"],
+    ids=[
+        "below-threshold",
+        "exactly-one-part",
+        "one-part-plus-1",
+        "exactly-10MiB",
+        "12MiB+12345",
+        "3parts-minus-7",
+    ],
 )
 def test_multipart_sizes_round_trip(bucket: str, mp_config, boto3_client, size: int) -> None:  # type: ignore[no-untyped-def]
     """Objects around and across part boundaries read back bit-identical; at or above the

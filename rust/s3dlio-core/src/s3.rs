@@ -152,12 +152,37 @@ impl S3Store {
     }
 
     /// GET the whole object, or `range = (offset, length)` of it.
+    ///
+    /// The SDK retries failures up to the response headers. A body that breaks off or stalls after
+    /// that (connection reset, server stopped sending) is retried here, with the same attempt budget
+    /// and jittered exponential backoff.
     pub async fn get(
         &self,
         bucket: &str,
         key: &str,
         range: Option<(u64, Option<u64>)>,
     ) -> Result<Bytes> {
+        let mut attempt = 1;
+        loop {
+            match self.get_once(bucket, key, range).await {
+                Ok(b) => return Ok(b),
+                Err((e, true)) if attempt < self.cfg.max_attempts => {
+                    tokio::time::sleep(backoff(self.cfg.initial_backoff, attempt)).await;
+                    attempt += 1;
+                    drop(e);
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One GET; the flag says whether the failure happened while streaming the body (retryable).
+    async fn get_once(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> std::result::Result<Bytes, (Error, bool)> {
         let uri = Self::uri(bucket, key);
         let mut req = self.client.get_object().bucket(bucket).key(key);
         if let Some((offset, length)) = range {
@@ -166,71 +191,67 @@ impl S3Store {
                 None => format!("bytes={offset}-"),
             });
         }
-        let resp = req.send().await.map_err(|e| {
-            let err = map_sdk_err(e, &uri);
-            match range {
-                Some((offset, len)) if err.kind() == ErrorKind::InvalidRange => Error::new(
-                    ErrorKind::InvalidRange,
-                    Some(&uri),
-                    format!(
-                        "range at byte {offset} ({}) is outside the object: {}",
-                        len.map_or_else(|| "to the end".to_owned(), |l| format!("{l} bytes")),
-                        err.message()
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| {
+                let err = map_sdk_err(e, &uri);
+                match range {
+                    Some((offset, len)) if err.kind() == ErrorKind::InvalidRange => Error::new(
+                        ErrorKind::InvalidRange,
+                        Some(&uri),
+                        format!(
+                            "range at byte {offset} ({}) is outside the object: {}",
+                            len.map_or_else(|| "to the end".to_owned(), |l| format!("{l} bytes")),
+                            err.message()
+                        ),
                     ),
-                ),
-                _ => err,
-            }
-        })?;
+                    _ => err,
+                }
+            })
+            .map_err(|e| (e, false))?;
         let expected = resp.content_length().and_then(|n| usize::try_from(n).ok());
         let total = resp.content_range().and_then(total_from_content_range);
         // The one honest copy: network chunks into one contiguous buffer, pre-sized.
         let mut buf = BytesMut::with_capacity(expected.unwrap_or(0));
         let mut body = resp.body;
+        let read_timeout = self.cfg.read_timeout;
+        let failed = |kind: ErrorKind, msg: String, retryable: bool| {
+            (Error::new(kind, Some(&uri), msg), retryable)
+        };
         loop {
             // The SDK's read timeout covers the wait for headers; this one covers a stalled body.
-            let next = tokio::time::timeout(self.cfg.read_timeout, body.next())
+            let next = tokio::time::timeout(read_timeout, body.next())
                 .await
                 .map_err(|_| {
-                    Error::new(
+                    failed(
                         ErrorKind::Timeout,
-                        Some(&uri),
-                        format!(
-                            "no data for {:?} while reading the body",
-                            self.cfg.read_timeout
-                        ),
+                        format!("no data for {read_timeout:?} while reading the body"),
+                        true,
                     )
                 })?;
             match next {
                 None => break,
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    return Err(Error::new(
-                        ErrorKind::Io,
-                        Some(&uri),
-                        crate::error::chain(&e),
-                    ));
-                }
+                Some(Err(e)) => return Err(failed(ErrorKind::Io, crate::error::chain(&e), true)),
             }
         }
         if let Some(n) = expected {
             if buf.len() != n {
-                return Err(Error::new(
+                return Err(failed(
                     ErrorKind::Io,
-                    Some(&uri),
                     format!("body ended after {} of {} bytes", buf.len(), n),
+                    true,
                 ));
             }
         }
         if let Some((offset, Some(len))) = range {
             if buf.len() as u64 != len {
                 let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
-                return Err(Error::new(
-                    ErrorKind::InvalidRange,
-                    Some(&uri),
-                    format!(
-                        "range {offset}+{len} extends past the end of the object (size {size})"
-                    ),
-                ));
+                let msg = format!(
+                    "range {offset}+{len} extends past the end of the object (size {size})"
+                );
+                return Err(failed(ErrorKind::InvalidRange, msg, false));
             }
         }
         Ok(buf.freeze())
@@ -526,6 +547,19 @@ impl Drop for AbortGuard {
             }
         }
     }
+}
+
+/// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
+/// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(Duration::from_secs(20));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let jitter = f64::from(nanos % 1000) / 1000.0; // cheap, good enough to de-synchronise retries
+    full.mul_f64(0.5 + 0.5 * jitter)
 }
 
 /// Total object size from a `Content-Range: bytes a-b/total` header.

@@ -175,6 +175,7 @@ impl ListIter {
     fn close(&mut self) {
         self.token.cancel();
         self.rx = None;
+        self.page = Vec::new().into_iter();
     }
 }
 
