@@ -46,6 +46,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the server's child process: get SIGKILL when the process that started it dies, so a
+    crashed or killed test run never leaves a server behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _find_weed() -> str:
     path = shutil.which("weed")
     if path is None:
@@ -160,7 +172,12 @@ class LocalS3Server:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
         log = open(os.path.join(self.data_dir, "weed.log"), "wb")  # noqa: SIM115 - lives with the process
         self._proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._wait_ready()

@@ -17,9 +17,16 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536)``):
 
 ``count`` limits a fault to the next ``count`` matching requests (then they pass); ``match`` is a
 regular expression searched in the request line (``r"[?&]partNumber=2[& ]"``, ``"^GET "``)
-selecting which requests are faulted. Without ``match`` and ``count``, ``reset`` acts on a connection as soon as it is
-accepted; every other fault acts on a parsed request (so ``requests_seen`` and
-``faults_injected`` count blackholed requests too).
+selecting which requests are faulted. Without ``match`` and ``count``, ``reset`` acts on a
+connection as soon as it is accepted; every other fault acts on a parsed request, so
+``requests_seen`` and ``faults_injected`` count blackholed requests too.
+
+Usage::
+
+    with FaultProxy(server.endpoint) as proxy:           # pass mode
+        cfg = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=1, ...)
+        proxy.set_mode("http503", count=2)                # the next two requests get 503
+        proxy.set_mode("blackhole", match=r"[?&]partNumber=3[& ]")
 """
 
 from __future__ import annotations
@@ -275,7 +282,7 @@ class FaultProxy:
             t.start()
         self._listener.close()
 
-    def _hang(self, client: socket.socket, rd: _Reader | None = None) -> None:
+    def _hang(self, client: socket.socket) -> None:
         """Keep the connection open, reading and discarding, until the client closes or stop()."""
         client.settimeout(0.1)
         while not self._stop.is_set():
@@ -320,7 +327,7 @@ class FaultProxy:
                     self._kill(client, rst=True)
                     return
                 if fault == "blackhole":
-                    self._hang(client, rd)
+                    self._hang(client)
                     return
                 if fault in _ERRORS:
                     _copy_body(rd, headers, lambda b: None)  # consume, so closing sends FIN, not RST
