@@ -86,7 +86,7 @@ class RangeError(S3dlioError, ValueError):
 
 
 class DirectIOUnsupported(S3dlioError, OSError):
-    """``direct://`` was used on a filesystem that refuses O_DIRECT (for example tmpfs)."""
+    """``direct://`` was used on a filesystem that refuses O_DIRECT (ramfs, procfs, tmpfs before Linux 6.6)."""
 
 
 class StorageIOError(S3dlioError, OSError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -287,6 +289,35 @@ def test_direct_io_on_tmpfs(tmpfs_dir: str) -> None:
             else:
                 assert Path(tmpfs_dir, "new").read_bytes() == b"y" * 5000
     assert bytes(s3dlio.get(f"file://{tmpfs_dir}/existing")) == b"x" * 8192  # file:// always works there
+
+
+@pytest.fixture
+def ramfs_dir(tmp_path: Path) -> Iterator[str]:
+    """A fresh ramfs mount (which refuses O_DIRECT on every kernel); needs root and mount rights."""
+    mnt = tmp_path / "ramfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mnt)], capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount ramfs here: {r.stderr.decode(errors='replace').strip()}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_direct_io_on_ramfs_is_refused_and_writes_nothing(ramfs_dir: str) -> None:
+    """On ramfs the kernel refuses O_DIRECT: get and put raise DirectIOUnsupported (an OSError)
+    naming the URI and O_DIRECT, put leaves neither the target nor a temporary file behind, and
+    file:// on the same directory works (no silent fallback in either direction)."""
+    Path(ramfs_dir, "existing").write_bytes(b"x" * 8192)
+    uri_get, uri_put = f"direct://{ramfs_dir}/existing", f"direct://{ramfs_dir}/new"
+    with pytest.raises(exc.DirectIOUnsupported) as ei:
+        s3dlio.get(uri_get)
+    assert isinstance(ei.value, OSError) and "O_DIRECT" in str(ei.value) and uri_get in str(ei.value)
+    with pytest.raises(exc.DirectIOUnsupported):
+        s3dlio.put(uri_put, b"y" * 5000)
+    assert sorted(os.listdir(ramfs_dir)) == ["existing"]
+    assert bytes(s3dlio.get(f"file://{ramfs_dir}/existing")) == b"x" * 8192
 
 
 @pytest.mark.parametrize("cls", [getattr(exc, n) for n in exc.__all__])
