@@ -3,14 +3,22 @@
 //! * [`uri`]: `s3://`, `file://`, `direct://` locations.
 //! * [`store`]: the one async API over every backend (get, get_range, get_many, stat, list, put,
 //!   delete, delete_prefix, upload, download, buckets).
+//! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
+//! * [`options`]: the three configuration levels (LoaderOptions, PoolConfig, RangeEngineConfig).
+//! * [`range`]: parallel ranged GETs into one pre-allocated buffer.
+//! * [`sampler`]: deterministic per-epoch shuffles and rank/worker sharding.
 //! * [`runtime`]: the per-process (fork-safe) tokio runtime and client cache.
 //! * [`error`]: the error type, with kinds mapped to Python exceptions by the glue crate.
 
 pub mod config;
 pub mod error;
+pub mod loader;
 pub mod local;
+pub mod options;
+pub mod range;
 pub mod runtime;
 pub mod s3;
+pub mod sampler;
 pub mod store;
 pub mod uri;
 

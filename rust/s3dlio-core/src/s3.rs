@@ -257,6 +257,105 @@ impl S3Store {
         Ok(buf.freeze())
     }
 
+    /// GET `dst.len()` bytes at `offset` straight into `dst` (no intermediate buffer). When
+    /// `expected_size` is given, the object's total size (from Content-Range) must match it, so a
+    /// size taken from an earlier listing can never yield a silently truncated object. Broken or
+    /// stalled bodies are retried like [`S3Store::get`].
+    pub async fn get_range_into(
+        &self,
+        bucket: &str,
+        key: &str,
+        offset: u64,
+        dst: &mut [u8],
+        expected_size: Option<u64>,
+    ) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let mut attempt = 1;
+        loop {
+            match self
+                .range_into_once(bucket, key, offset, dst, expected_size)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err((_, true)) if attempt < self.cfg.max_attempts => {
+                    tokio::time::sleep(backoff(self.cfg.initial_backoff, attempt)).await;
+                    attempt += 1;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn range_into_once(
+        &self,
+        bucket: &str,
+        key: &str,
+        offset: u64,
+        dst: &mut [u8],
+        expected_size: Option<u64>,
+    ) -> std::result::Result<(), (Error, bool)> {
+        let uri = Self::uri(bucket, key);
+        let len = dst.len() as u64;
+        let failed = |kind: ErrorKind, msg: String, retryable: bool| {
+            (Error::new(kind, Some(&uri), msg), retryable)
+        };
+        let resp = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await
+            .map_err(|e| (map_sdk_err(e, &uri), false))?;
+        if let (Some(want), Some(total)) = (
+            expected_size,
+            resp.content_range().and_then(total_from_content_range),
+        ) {
+            if want != total {
+                let msg = format!("object is {total} bytes now, but {want} when listed: it changed while being read");
+                return Err(failed(ErrorKind::Io, msg, false));
+            }
+        }
+        let read_timeout = self.cfg.read_timeout;
+        let mut body = resp.body;
+        let mut filled = 0usize;
+        loop {
+            let next = tokio::time::timeout(read_timeout, body.next())
+                .await
+                .map_err(|_| {
+                    failed(
+                        ErrorKind::Timeout,
+                        format!("no data for {read_timeout:?} while reading a range"),
+                        true,
+                    )
+                })?;
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    let end = filled + chunk.len();
+                    if end > dst.len() {
+                        let msg = format!(
+                            "server sent more than the {len} bytes asked for at offset {offset}"
+                        );
+                        return Err(failed(ErrorKind::Io, msg, false));
+                    }
+                    // The one honest copy: network chunk into its offset of the final buffer.
+                    dst[filled..end].copy_from_slice(&chunk);
+                    filled = end;
+                }
+                Some(Err(e)) => return Err(failed(ErrorKind::Io, crate::error::chain(&e), true)),
+            }
+        }
+        if filled != dst.len() {
+            let msg = format!("range at offset {offset} returned {filled} of {len} bytes");
+            return Err(failed(ErrorKind::InvalidRange, msg, false));
+        }
+        Ok(())
+    }
+
     pub async fn stat(&self, bucket: &str, key: &str) -> Result<ObjectInfo> {
         let uri = Self::uri(bucket, key);
         let head = self

@@ -88,7 +88,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     })?
 }
 
-async fn get_loc(
+/// Read `loc` (a `range` of it when given), reusing `s3` when the caller already has a store.
+pub(crate) async fn get_with(
     loc: Location,
     range: Option<(u64, Option<u64>)>,
     s3: Option<&S3Store>,
@@ -106,7 +107,7 @@ async fn get_loc(
 
 /// Read a whole object.
 pub async fn get(uri: &str, cfg: &StoreConfig) -> Result<Bytes> {
-    get_loc(Location::parse_object(uri)?, None, None, cfg).await
+    get_with(Location::parse_object(uri)?, None, None, cfg).await
 }
 
 /// Read `length` bytes at `offset` (to the end when `None`). Never short, never padded.
@@ -123,7 +124,7 @@ pub async fn get_range(
             "length must be at least 1 (or None for the rest)",
         ));
     }
-    get_loc(
+    get_with(
         Location::parse_object(uri)?,
         Some((offset, length)),
         None,
@@ -152,7 +153,7 @@ pub async fn get_many(
         None
     };
     let s3 = s3.as_ref();
-    futures::stream::iter(locs.into_iter().map(|loc| get_loc(loc, None, s3, cfg)))
+    futures::stream::iter(locs.into_iter().map(|loc| get_with(loc, None, s3, cfg)))
         .buffered(concurrency)
         .try_collect()
         .await

@@ -1,0 +1,363 @@
+//! Loaders: a pool of object requests feeding batches into a bounded channel, under one
+//! cancellation token.
+//!
+//! * [`spawn_prefetch`]: the generic building block, a producer task feeding a bounded channel.
+//! * [`BatchLoader`]: an epoch's objects (in a given order) fetched with `pool_size` requests in
+//!   flight, in order or in completion order, grouped into batches.
+//!
+//! Cancelling the loader's token (Ctrl-C, `close()`, drop) stops it: no new request starts, the
+//! requests in flight are dropped (aborted), the channel closes, and [`BatchLoader::close`] joins
+//! every task the loader spawned, after which [`BatchLoader::live_tasks`] is 0.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::StoreConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
+use crate::range;
+use crate::runtime::Context;
+use crate::s3::S3Store;
+use crate::store;
+use crate::uri::Location;
+
+/// Spawn `producer` on `ctx`, tracked by `tracker`, feeding a channel of capacity `cap`. The
+/// producer gets the sender; it should stop when `send` fails (receiver gone). When `token` is
+/// cancelled the producer future is dropped at once, which closes the channel.
+pub fn spawn_prefetch<T, F, Fut>(
+    ctx: &Context,
+    tracker: &TaskTracker,
+    cap: usize,
+    token: CancellationToken,
+    producer: F,
+) -> mpsc::Receiver<T>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<T>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(cap.max(1));
+    let work = producer(tx);
+    drop(tracker.spawn_on(
+        async move {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => {}
+                () = work => {}
+            }
+        },
+        ctx.runtime().handle(),
+    ));
+    rx
+}
+
+/// The objects a loader can read: URIs, with sizes where known (from a listing or manifest), so
+/// no HEAD is needed to decide on the range engine.
+#[derive(Debug, Default)]
+pub struct Source {
+    pub uris: Vec<String>,
+    pub sizes: Vec<Option<u64>>,
+}
+
+impl Source {
+    pub fn new(uris: Vec<String>, sizes: Option<Vec<Option<u64>>>) -> Result<Source> {
+        let sizes = match sizes {
+            None => vec![None; uris.len()],
+            Some(s) if s.len() == uris.len() => s,
+            Some(s) => {
+                return Err(Error::invalid_config(format!(
+                    "{} sizes given for {} URIs",
+                    s.len(),
+                    uris.len()
+                )));
+            }
+        };
+        for u in &uris {
+            Location::parse_object(u)?;
+        }
+        Ok(Source { uris, sizes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.uris.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.uris.is_empty()
+    }
+}
+
+/// One batch: the dataset indices and their bytes, in the same order. `position` is the offset of
+/// the batch's first sample in the epoch order the loader was given.
+#[derive(Debug)]
+pub struct Batch {
+    pub position: usize,
+    pub indices: Vec<u64>,
+    pub data: Vec<Bytes>,
+}
+
+/// A batch that could not be read: its indices and the first error (which names the URI).
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub position: usize,
+    pub indices: Vec<u64>,
+    pub error: Error,
+}
+
+pub type BatchResult = std::result::Result<Batch, BatchFailure>;
+
+/// Counters of one loader, readable while it runs.
+#[derive(Debug, Default)]
+pub struct LoaderStats {
+    /// Object requests started.
+    pub requests_started: AtomicU64,
+    /// Object requests that finished (successfully or not).
+    pub requests_finished: AtomicU64,
+    /// Bytes received.
+    pub bytes: AtomicU64,
+}
+
+impl LoaderStats {
+    pub fn started(&self) -> u64 {
+        self.requests_started.load(Ordering::Relaxed)
+    }
+    pub fn finished(&self) -> u64 {
+        self.requests_finished.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Fetches one epoch's objects and groups them into batches.
+pub struct BatchLoader {
+    rx: mpsc::Receiver<BatchResult>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    stats: Arc<LoaderStats>,
+}
+
+/// Everything one fetch needs; shared by all the loader's requests.
+struct Fetcher {
+    source: Arc<Source>,
+    s3: Option<S3Store>,
+    cfg: StoreConfig,
+    range: RangeEngineConfig,
+    request_timeout: Option<Duration>,
+    stats: Arc<LoaderStats>,
+}
+
+impl Fetcher {
+    async fn fetch(&self, idx: u64) -> Result<Bytes> {
+        self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
+        let r = self.fetch_inner(idx).await;
+        self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+        if let Ok(b) = &r {
+            self.stats
+                .bytes
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn fetch_inner(&self, idx: u64) -> Result<Bytes> {
+        let i = usize::try_from(idx).unwrap_or(usize::MAX);
+        let (Some(uri), Some(size)) = (self.source.uris.get(i), self.source.sizes.get(i)) else {
+            return Err(Error::invalid_config(format!(
+                "index {idx} is out of range (dataset has {})",
+                self.source.len()
+            )));
+        };
+        let work = async {
+            let loc = Location::parse_object(uri)?;
+            match (&loc, &self.s3) {
+                (Location::S3 { bucket, key }, Some(s3))
+                    if range::should_split(*size, &self.range) =>
+                {
+                    range::get_split(s3, bucket, key, size.unwrap_or(0), &self.range).await
+                }
+                _ => store::get_with(loc, None, self.s3.as_ref(), &self.cfg).await,
+            }
+        };
+        match self.request_timeout {
+            None => work.await,
+            Some(d) => tokio::time::timeout(d, work).await.map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    Some(uri),
+                    format!("request_timeout ({d:?}) expired"),
+                )
+            })?,
+        }
+    }
+}
+
+impl BatchLoader {
+    /// Start fetching `order` (dataset indices, in epoch order) from `source`. The loader's root
+    /// token is a child of `parent`: cancelling `parent` stops every loader made from it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        ctx: &Context,
+        source: Arc<Source>,
+        mut order: Vec<u64>,
+        opts: &LoaderOptions,
+        pool: &PoolConfig,
+        range: &RangeEngineConfig,
+        cfg: &StoreConfig,
+        parent: Option<&CancellationToken>,
+    ) -> BatchLoader {
+        let token = parent.map_or_else(CancellationToken::new, CancellationToken::child_token);
+        let tracker = TaskTracker::new();
+        let batch_size = opts.batch_size.max(1);
+        if opts.drop_last {
+            order.truncate(order.len() / batch_size * batch_size); // never fetch what is dropped
+        }
+        let (in_order, on_error, pool_size) = (opts.in_order, opts.on_error, pool.pool_size.max(1));
+        let needs_s3 = source.uris.iter().any(|u| u.starts_with("s3://"));
+        let (cfg, range, request_timeout) = (cfg.clone(), range.clone(), pool.request_timeout);
+        let stats = Arc::new(LoaderStats::default());
+        let fetch_stats = Arc::clone(&stats);
+        let rx = spawn_prefetch(
+            ctx,
+            &tracker,
+            pool.readahead_batches,
+            token.clone(),
+            move |tx| async move {
+                let s3 = if needs_s3 {
+                    match S3Store::new(&cfg).await {
+                        Ok(s) => Some(s),
+                        Err(error) => {
+                            let _ = tx
+                                .send(Err(BatchFailure {
+                                    position: 0,
+                                    indices: Vec::new(),
+                                    error,
+                                }))
+                                .await;
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let fetcher = Arc::new(Fetcher {
+                    source,
+                    s3,
+                    cfg,
+                    range,
+                    request_timeout,
+                    stats: fetch_stats,
+                });
+                let requests = futures::stream::iter(order).map(move |idx| {
+                    let f = Arc::clone(&fetcher);
+                    async move { (idx, f.fetch(idx).await) }
+                });
+                let items: BoxStream<'static, (u64, Result<Bytes>)> = if in_order {
+                    requests.buffered(pool_size).boxed()
+                } else {
+                    requests.buffer_unordered(pool_size).boxed()
+                };
+                let mut batches = items.chunks(batch_size);
+                let mut position = 0usize;
+                while let Some(chunk) = batches.next().await {
+                    let n = chunk.len();
+                    let mut indices = Vec::with_capacity(n);
+                    let mut data = Vec::with_capacity(n);
+                    let mut error = None;
+                    for (idx, r) in chunk {
+                        indices.push(idx);
+                        match r {
+                            Ok(b) => data.push(b),
+                            Err(e) => {
+                                error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    let (msg, stop) = match error {
+                        None => (
+                            Ok(Batch {
+                                position,
+                                indices,
+                                data,
+                            }),
+                            false,
+                        ),
+                        Some(error) => (
+                            Err(BatchFailure {
+                                position,
+                                indices,
+                                error,
+                            }),
+                            on_error == OnError::Raise,
+                        ),
+                    };
+                    position += n;
+                    if tx.send(msg).await.is_err() || stop {
+                        break;
+                    }
+                }
+            },
+        );
+        tracker.close();
+        BatchLoader {
+            rx,
+            token,
+            tracker,
+            stats,
+        }
+    }
+
+    /// The next batch, or `None` at the end of the epoch (or after cancellation).
+    pub async fn next(&mut self) -> Option<BatchResult> {
+        self.rx.recv().await
+    }
+
+    /// The loader's root token.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Cancel: no new request starts, requests in flight are dropped, the channel closes.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// The loader's counters.
+    pub fn stats(&self) -> &Arc<LoaderStats> {
+        &self.stats
+    }
+
+    /// Tasks this loader has alive (0 once finished or closed).
+    pub fn live_tasks(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Cancel and wait until every task the loader spawned has ended. Idempotent.
+    pub async fn close(&mut self) {
+        self.token.cancel();
+        self.rx.close();
+        self.tracker.wait().await;
+    }
+
+    /// A future that resolves when every task of this loader has ended (after cancel or the end
+    /// of the epoch); it does not cancel anything itself.
+    pub fn joined(&self) -> impl Future<Output = ()> + Send + 'static {
+        let tracker = self.tracker.clone();
+        async move { tracker.wait().await }
+    }
+}
+
+impl Drop for BatchLoader {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
