@@ -1,7 +1,7 @@
 //! BatchLoader and cancellation, on real data (files written by the test, read through file://).
+//! Each test checks what was delivered and bounds how many requests started after a cancel.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failure here is a test failure
-//! Each test checks what was delivered and bounds how many requests started after a cancel.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
