@@ -106,14 +106,10 @@ impl StoreConfig {
             }
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            return Err(Error::invalid_config(
-                "access_key_id and secret_access_key must be given together",
-            ));
+            return Err(Error::invalid_config("access_key_id and secret_access_key must be given together"));
         }
         if self.session_token.is_some() && self.access_key_id.is_none() {
-            return Err(Error::invalid_config(
-                "session_token needs access_key_id and secret_access_key",
-            ));
+            return Err(Error::invalid_config("session_token needs access_key_id and secret_access_key"));
         }
         if self.max_attempts == 0 {
             return Err(Error::invalid_config("max_attempts must be at least 1"));
@@ -158,26 +154,11 @@ mod tests {
     #[test]
     fn rejects_bad_values() {
         let bad = [
-            StoreConfig {
-                part_size: 1,
-                ..Default::default()
-            },
-            StoreConfig {
-                max_attempts: 0,
-                ..Default::default()
-            },
-            StoreConfig {
-                max_concurrency: 0,
-                ..Default::default()
-            },
-            StoreConfig {
-                endpoint_url: Some("localhost:9000".into()),
-                ..Default::default()
-            },
-            StoreConfig {
-                access_key_id: Some("a".into()),
-                ..Default::default()
-            },
+            StoreConfig { part_size: 1, ..Default::default() },
+            StoreConfig { max_attempts: 0, ..Default::default() },
+            StoreConfig { max_concurrency: 0, ..Default::default() },
+            StoreConfig { endpoint_url: Some("localhost:9000".into()), ..Default::default() },
+            StoreConfig { access_key_id: Some("a".into()), ..Default::default() },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");

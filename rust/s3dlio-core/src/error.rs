@@ -58,11 +58,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, uri: Option<&str>, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            uri: uri.map(str::to_owned),
-            message: message.into(),
-        }
+        Error { kind, uri: uri.map(str::to_owned), message: message.into() }
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -150,10 +146,7 @@ mod tests {
 
     #[test]
     fn io_errors_map_to_kinds() {
-        let e = Error::from_io(
-            &std::io::Error::from(std::io::ErrorKind::NotFound),
-            "file:///x",
-        );
+        let e = Error::from_io(&std::io::Error::from(std::io::ErrorKind::NotFound), "file:///x");
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(e.uri(), Some("file:///x"));
     }

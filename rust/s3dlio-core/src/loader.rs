@@ -96,19 +96,19 @@ impl Source {
     }
 }
 
-/// One batch: the dataset indices and their bytes, in the same order. `position` is the offset of
-/// the batch's first sample in the epoch order the loader was given.
+/// One batch: for each sample, its position in the epoch order the loader was given, its dataset
+/// index, and its bytes. In order, positions are consecutive; in completion order they are not.
 #[derive(Debug)]
 pub struct Batch {
-    pub position: usize,
+    pub positions: Vec<usize>,
     pub indices: Vec<u64>,
     pub data: Vec<Bytes>,
 }
 
-/// A batch that could not be read: its indices and the first error (which names the URI).
+/// A batch that could not be read: its samples and the first error (which names the URI).
 #[derive(Debug)]
 pub struct BatchFailure {
-    pub position: usize,
+    pub positions: Vec<usize>,
     pub indices: Vec<u64>,
     pub error: Error,
 }
@@ -162,9 +162,7 @@ impl Fetcher {
         let r = self.fetch_inner(idx).await;
         self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
         if let Ok(b) = &r {
-            self.stats
-                .bytes
-                .fetch_add(b.len() as u64, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
         }
         r
     }
@@ -180,9 +178,7 @@ impl Fetcher {
         let work = async {
             let loc = Location::parse_object(uri)?;
             match (&loc, &self.s3) {
-                (Location::S3 { bucket, key }, Some(s3))
-                    if range::should_split(*size, &self.range) =>
-                {
+                (Location::S3 { bucket, key }, Some(s3)) if range::should_split(*size, &self.range) => {
                     range::get_split(s3, bucket, key, size.unwrap_or(0), &self.range).await
                 }
                 _ => store::get_with(loc, None, self.s3.as_ref(), &self.cfg).await,
@@ -191,11 +187,7 @@ impl Fetcher {
         match self.request_timeout {
             None => work.await,
             Some(d) => tokio::time::timeout(d, work).await.map_err(|_| {
-                Error::new(
-                    ErrorKind::Timeout,
-                    Some(uri),
-                    format!("request_timeout ({d:?}) expired"),
-                )
+                Error::new(ErrorKind::Timeout, Some(uri), format!("request_timeout ({d:?}) expired"))
             })?,
         }
     }
@@ -226,94 +218,60 @@ impl BatchLoader {
         let (cfg, range, request_timeout) = (cfg.clone(), range.clone(), pool.request_timeout);
         let stats = Arc::new(LoaderStats::default());
         let fetch_stats = Arc::clone(&stats);
-        let rx = spawn_prefetch(
-            ctx,
-            &tracker,
-            pool.readahead_batches,
-            token.clone(),
-            move |tx| async move {
-                let s3 = if needs_s3 {
-                    match S3Store::new(&cfg).await {
-                        Ok(s) => Some(s),
-                        Err(error) => {
-                            let _ = tx
-                                .send(Err(BatchFailure {
-                                    position: 0,
-                                    indices: Vec::new(),
-                                    error,
-                                }))
-                                .await;
-                            return;
-                        }
-                    }
-                } else {
-                    None
-                };
-                let fetcher = Arc::new(Fetcher {
-                    source,
-                    s3,
-                    cfg,
-                    range,
-                    request_timeout,
-                    stats: fetch_stats,
-                });
-                let requests = futures::stream::iter(order).map(move |idx| {
-                    let f = Arc::clone(&fetcher);
-                    async move { (idx, f.fetch(idx).await) }
-                });
-                let items: BoxStream<'static, (u64, Result<Bytes>)> = if in_order {
-                    requests.buffered(pool_size).boxed()
-                } else {
-                    requests.buffer_unordered(pool_size).boxed()
-                };
-                let mut batches = items.chunks(batch_size);
-                let mut position = 0usize;
-                while let Some(chunk) = batches.next().await {
-                    let n = chunk.len();
-                    let mut indices = Vec::with_capacity(n);
-                    let mut data = Vec::with_capacity(n);
-                    let mut error = None;
-                    for (idx, r) in chunk {
-                        indices.push(idx);
-                        match r {
-                            Ok(b) => data.push(b),
-                            Err(e) => {
-                                error.get_or_insert(e);
-                            }
-                        }
-                    }
-                    let (msg, stop) = match error {
-                        None => (
-                            Ok(Batch {
-                                position,
-                                indices,
-                                data,
-                            }),
-                            false,
-                        ),
-                        Some(error) => (
-                            Err(BatchFailure {
-                                position,
-                                indices,
-                                error,
-                            }),
-                            on_error == OnError::Raise,
-                        ),
-                    };
-                    position += n;
-                    if tx.send(msg).await.is_err() || stop {
-                        break;
+        let rx = spawn_prefetch(ctx, &tracker, pool.readahead_batches, token.clone(), move |tx| async move {
+            let s3 = if needs_s3 {
+                match S3Store::new(&cfg).await {
+                    Ok(s) => Some(s),
+                    Err(error) => {
+                        let _ = tx
+                            .send(Err(BatchFailure { positions: Vec::new(), indices: Vec::new(), error }))
+                            .await;
+                        return;
                     }
                 }
-            },
-        );
+            } else {
+                None
+            };
+            let fetcher = Arc::new(Fetcher { source, s3, cfg, range, request_timeout, stats: fetch_stats });
+            let requests = futures::stream::iter(order.into_iter().enumerate()).map(move |(pos, idx)| {
+                let f = Arc::clone(&fetcher);
+                async move { (pos, idx, f.fetch(idx).await) }
+            });
+            let items: BoxStream<'static, (usize, u64, Result<Bytes>)> = if in_order {
+                requests.buffered(pool_size).boxed()
+            } else {
+                requests.buffer_unordered(pool_size).boxed()
+            };
+            let mut batches = items.chunks(batch_size);
+            while let Some(chunk) = batches.next().await {
+                let n = chunk.len();
+                let mut positions = Vec::with_capacity(n);
+                let mut indices = Vec::with_capacity(n);
+                let mut data = Vec::with_capacity(n);
+                let mut error = None;
+                for (pos, idx, r) in chunk {
+                    positions.push(pos);
+                    indices.push(idx);
+                    match r {
+                        Ok(b) => data.push(b),
+                        Err(e) => {
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                let (msg, stop) = match error {
+                    None => (Ok(Batch { positions, indices, data }), false),
+                    Some(error) => {
+                        (Err(BatchFailure { positions, indices, error }), on_error == OnError::Raise)
+                    }
+                };
+                if tx.send(msg).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
         tracker.close();
-        BatchLoader {
-            rx,
-            token,
-            tracker,
-            stats,
-        }
+        BatchLoader { rx, token, tracker, stats }
     }
 
     /// The next batch, or `None` at the end of the epoch (or after cancellation).

@@ -74,11 +74,7 @@ fn open_read(path: &Path, mode: Mode, uri: &str) -> Result<File> {
     })?;
     let meta = f.metadata().map_err(|e| Error::from_io(&e, uri))?;
     if meta.is_dir() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            Some(uri),
-            "is a directory, not a file",
-        ));
+        return Err(Error::new(ErrorKind::NotFound, Some(uri), "is a directory, not a file"));
     }
     Ok(f)
 }
@@ -98,21 +94,12 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     fn zeroed(cap: usize, uri: &str) -> Result<AlignedBuf> {
         let cap = cap.max(DIRECT_ALIGN);
-        let layout = Layout::from_size_align(cap, DIRECT_ALIGN).map_err(|_| {
-            Error::new(
-                ErrorKind::Io,
-                Some(uri),
-                format!("cannot allocate {cap} bytes"),
-            )
-        })?;
+        let layout = Layout::from_size_align(cap, DIRECT_ALIGN)
+            .map_err(|_| Error::new(ErrorKind::Io, Some(uri), format!("cannot allocate {cap} bytes")))?;
         // SAFETY: layout has non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let ptr = std::ptr::NonNull::new(raw).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Io,
-                Some(uri),
-                format!("out of memory allocating {cap} bytes"),
-            )
+            Error::new(ErrorKind::Io, Some(uri), format!("out of memory allocating {cap} bytes"))
         })?;
         Ok(AlignedBuf { ptr, cap, len: 0 })
     }
@@ -134,10 +121,7 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with exactly this layout.
         unsafe {
-            alloc::dealloc(
-                self.ptr.as_ptr(),
-                Layout::from_size_align_unchecked(self.cap, DIRECT_ALIGN),
-            )
+            alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.cap, DIRECT_ALIGN))
         }
     }
 }
@@ -171,8 +155,8 @@ pub fn get(path: &Path, mode: Mode, range: Option<(u64, Option<u64>)>) -> Result
     let f = open_read(path, mode, &uri)?;
     let size = f.metadata().map_err(|e| Error::from_io(&e, &uri))?.len();
     let (offset, len) = check_range(range, size, &uri)?;
-    let len_usize = usize::try_from(len)
-        .map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
+    let len_usize =
+        usize::try_from(len).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
     match mode {
         Mode::Buffered => {
             // vec![0; n] is calloc: large buffers come zeroed from the kernel, no memset pass.
@@ -183,17 +167,11 @@ pub fn get(path: &Path, mode: Mode, range: Option<(u64, Option<u64>)>) -> Result
         Mode::Direct => {
             let start = offset - offset % DIRECT_ALIGN as u64;
             let span = round_up(offset + len) - start;
-            let span_usize = usize::try_from(span)
-                .map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
+            let span_usize =
+                usize::try_from(span).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
             let mut buf = AlignedBuf::zeroed(span_usize, &uri)?;
             let wanted = usize::try_from(offset + len - start).unwrap_or(span_usize);
-            let got = read_direct(
-                &f,
-                &mut buf.as_mut_full()[..span_usize],
-                start,
-                wanted,
-                &uri,
-            )?;
+            let got = read_direct(&f, &mut buf.as_mut_full()[..span_usize], start, wanted, &uri)?;
             if got < wanted {
                 return Err(Error::new(
                     ErrorKind::Io,
@@ -216,20 +194,13 @@ fn read_full(f: &File, buf: &mut [u8], offset: u64, uri: &str, mode: Mode) -> Re
                 return Err(Error::new(
                     ErrorKind::Io,
                     Some(uri),
-                    format!(
-                        "file shrank while reading: got {done} of {} bytes",
-                        buf.len()
-                    ),
+                    format!("file shrank while reading: got {done} of {} bytes", buf.len()),
                 ))
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(if mode == Mode::Direct {
-                    direct_err(&e, uri)
-                } else {
-                    Error::from_io(&e, uri)
-                })
+                return Err(if mode == Mode::Direct { direct_err(&e, uri) } else { Error::from_io(&e, uri) })
             }
         }
     }
@@ -273,11 +244,7 @@ pub fn stat(path: &Path, mode: Mode) -> Result<ObjectInfo> {
     let uri = mode.uri(path);
     let meta = fs::metadata(path).map_err(|e| Error::from_io(&e, &uri))?;
     if meta.is_dir() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            Some(&uri),
-            "is a directory, not a file",
-        ));
+        return Err(Error::new(ErrorKind::NotFound, Some(&uri), "is a directory, not a file"));
     }
     Ok(file_info(path, &meta, mode))
 }
@@ -285,10 +252,7 @@ pub fn stat(path: &Path, mode: Mode) -> Result<ObjectInfo> {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.s3dlio-tmp-{}-{n}", std::process::id()))
 }
@@ -318,10 +282,7 @@ fn write_direct(tmp: &Path, data: &[u8], uri: &str) -> Result<()> {
         .custom_flags(libc::O_DIRECT)
         .open(tmp)
         .map_err(|e| direct_err(&e, uri))?;
-    let mut chunk = AlignedBuf::zeroed(
-        DIRECT_WRITE_CHUNK.min(round_up(data.len() as u64) as usize),
-        uri,
-    )?;
+    let mut chunk = AlignedBuf::zeroed(DIRECT_WRITE_CHUNK.min(round_up(data.len() as u64) as usize), uri)?;
     let mut offset = 0usize;
     while offset < data.len() {
         let n = (data.len() - offset).min(chunk.cap);
@@ -330,13 +291,11 @@ fn write_direct(tmp: &Path, data: &[u8], uri: &str) -> Result<()> {
         // COPY: O_DIRECT needs an aligned source; the caller's buffer (Python memory) is not.
         dst[..n].copy_from_slice(&data[offset..offset + n]);
         dst[n..padded].fill(0);
-        f.write_all_at(&dst[..padded], offset as u64)
-            .map_err(|e| direct_err(&e, uri))?;
+        f.write_all_at(&dst[..padded], offset as u64).map_err(|e| direct_err(&e, uri))?;
         offset += n;
     }
     // The last chunk was padded to the alignment: cut the file back to its real length.
-    f.set_len(data.len() as u64)
-        .map_err(|e| Error::from_io(&e, uri))?;
+    f.set_len(data.len() as u64).map_err(|e| Error::from_io(&e, uri))?;
     Ok(())
 }
 
@@ -344,11 +303,9 @@ fn write_direct(tmp: &Path, data: &[u8], uri: &str) -> Result<()> {
 pub fn delete(path: &Path, mode: Mode) -> Result<()> {
     let uri = mode.uri(path);
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::new(
-            ErrorKind::InvalidUri,
-            Some(&uri),
-            "is a directory; use delete_prefix",
-        )),
+        Ok(m) if m.is_dir() => {
+            Err(Error::new(ErrorKind::InvalidUri, Some(&uri), "is a directory; use delete_prefix"))
+        }
         Ok(_) => fs::remove_file(path).map_err(|e| Error::from_io(&e, &uri)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::from_io(&e, &uri)),
@@ -376,23 +333,12 @@ pub fn list(
     let (dir, name_prefix) = if prefix_str.ends_with('/') {
         (PathBuf::from(prefix_str.as_ref()), String::new())
     } else {
-        let parent = prefix
-            .parent()
-            .map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-        let name = prefix
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let parent = prefix.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+        let name = prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         (parent, name)
     };
     let mut page = Vec::with_capacity(PAGE);
-    let mut walker = Walker {
-        mode,
-        recursive,
-        page: &mut page,
-        emit,
-        stopped: false,
-    };
+    let mut walker = Walker { mode, recursive, page: &mut page, emit, stopped: false };
     walker.walk(&dir, Some(&name_prefix))?;
     if !walker.stopped && !page.is_empty() {
         emit(std::mem::take(&mut page));
@@ -445,8 +391,8 @@ impl Walker<'_> {
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
             }; // dangling symlink or raced delete
-            let is_link_dir = meta.is_dir()
-                && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            let is_link_dir =
+                meta.is_dir() && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
             if meta.is_dir() {
                 if is_link_dir {
                     continue; // never follow directory symlinks (loops)
@@ -482,20 +428,12 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         put(&p, Mode::Buffered, &data).unwrap();
         assert_eq!(&get(&p, Mode::Buffered, None).unwrap()[..], &data[..]);
-        assert_eq!(
-            &get(&p, Mode::Buffered, Some((9_999, Some(1)))).unwrap()[..],
-            &data[9_999..]
-        );
-        assert_eq!(
-            &get(&p, Mode::Buffered, Some((100, None))).unwrap()[..],
-            &data[100..]
-        );
+        assert_eq!(&get(&p, Mode::Buffered, Some((9_999, Some(1)))).unwrap()[..], &data[9_999..]);
+        assert_eq!(&get(&p, Mode::Buffered, Some((100, None))).unwrap()[..], &data[100..]);
         let err = get(&p, Mode::Buffered, Some((9_999, Some(2)))).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidRange);
         assert_eq!(
-            get(&p, Mode::Buffered, Some((10_000, None)))
-                .unwrap_err()
-                .kind(),
+            get(&p, Mode::Buffered, Some((10_000, None))).unwrap_err().kind(),
             ErrorKind::InvalidRange
         );
         fs::remove_dir_all(&d).unwrap();
@@ -520,19 +458,11 @@ mod tests {
         };
         assert_eq!(
             collect(d.join("x/obj_"), true),
-            vec![
-                ("obj_1".into(), false),
-                ("obj_10".into(), false),
-                ("obj_2/inner".into(), false)
-            ]
+            vec![("obj_1".into(), false), ("obj_10".into(), false), ("obj_2/inner".into(), false)]
         );
         assert_eq!(
             collect(d.join("x/obj_"), false),
-            vec![
-                ("obj_1".into(), false),
-                ("obj_10".into(), false),
-                ("obj_2/".into(), true)
-            ]
+            vec![("obj_1".into(), false), ("obj_10".into(), false), ("obj_2/".into(), true)]
         );
         assert!(collect(d.join("missing/"), true).is_empty());
         fs::remove_dir_all(&d).unwrap();

@@ -117,9 +117,7 @@ impl PoolConfig {
             return Err(Error::invalid_config("pool_size must be at least 1"));
         }
         if self.readahead_batches == 0 {
-            return Err(Error::invalid_config(
-                "readahead_batches must be at least 1",
-            ));
+            return Err(Error::invalid_config("readahead_batches must be at least 1"));
         }
         Ok(())
     }
@@ -155,9 +153,7 @@ impl RangeEngineConfig {
             return Err(Error::invalid_config("chunk_size must be at least 1 byte"));
         }
         if self.max_concurrent_ranges == 0 {
-            return Err(Error::invalid_config(
-                "max_concurrent_ranges must be at least 1",
-            ));
+            return Err(Error::invalid_config("max_concurrent_ranges must be at least 1"));
         }
         if self.min_split_size < self.chunk_size {
             return Err(Error::invalid_config(format!(
@@ -175,12 +171,8 @@ mod tests {
 
     #[test]
     fn pool_is_derived_from_loader_options() {
-        let o = LoaderOptions {
-            batch_size: 32,
-            num_workers: 4,
-            prefetch_factor: Some(3),
-            ..Default::default()
-        };
+        let o =
+            LoaderOptions { batch_size: 32, num_workers: 4, prefetch_factor: Some(3), ..Default::default() };
         let p = PoolConfig::from_loader_options(&o);
         assert_eq!(p.readahead_batches, 12);
         assert_eq!(p.pool_size, 256);
@@ -190,30 +182,9 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(LoaderOptions {
-            batch_size: 0,
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(LoaderOptions {
-            persistent_workers: true,
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(RangeEngineConfig {
-            min_split_size: 1,
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(PoolConfig {
-            pool_size: 0,
-            readahead_batches: 1,
-            request_timeout: None
-        }
-        .validate()
-        .is_err());
+        assert!(LoaderOptions { batch_size: 0, ..Default::default() }.validate().is_err());
+        assert!(LoaderOptions { persistent_workers: true, ..Default::default() }.validate().is_err());
+        assert!(RangeEngineConfig { min_split_size: 1, ..Default::default() }.validate().is_err());
+        assert!(PoolConfig { pool_size: 0, readahead_batches: 1, request_timeout: None }.validate().is_err());
     }
 }

@@ -24,11 +24,7 @@ async fn within<T>(
     match limit {
         None => fut.await,
         Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| {
-            Error::new(
-                ErrorKind::Timeout,
-                Some(uri),
-                format!("a ranged request took longer than {d:?}"),
-            )
+            Error::new(ErrorKind::Timeout, Some(uri), format!("a ranged request took longer than {d:?}"))
         })?,
     }
 }
@@ -43,8 +39,7 @@ pub async fn get_split(
     cfg: &RangeEngineConfig,
 ) -> Result<Bytes> {
     let uri = format!("s3://{bucket}/{key}");
-    let len = usize::try_from(size)
-        .map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "object too large"))?;
+    let len = usize::try_from(size).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "object too large"))?;
     let chunk = usize::try_from(cfg.chunk_size).unwrap_or(usize::MAX).max(1);
     // vec![0; n] is calloc: the pages come zeroed from the kernel and are written once, by the ranges.
     let mut buf = vec![0u8; len];
@@ -55,11 +50,7 @@ pub async fn get_split(
         .enumerate()
         .map(|(i, dst)| {
             let offset = (i * chunk) as u64;
-            within(
-                cfg.range_timeout,
-                &uri,
-                store.get_range_into(bucket, key, offset, dst, Some(size)),
-            )
+            within(cfg.range_timeout, &uri, store.get_range_into(bucket, key, offset, dst, Some(size)))
         })
         .collect();
     futures::stream::iter(ranges)

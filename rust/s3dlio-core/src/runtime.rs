@@ -41,22 +41,13 @@ pub fn context() -> Result<&'static Context> {
         }
         // Built by our parent before fork(): leak it (the `&'static` is simply forgotten).
     }
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .max(2);
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("s3dlio-worker")
         .enable_all()
         .build()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                None,
-                format!("cannot start the tokio runtime: {e}"),
-            )
-        })?;
+        .map_err(|e| Error::new(ErrorKind::Io, None, format!("cannot start the tokio runtime: {e}")))?;
     let ctx: &'static Context = Box::leak(Box::new(Context {
         pid,
         runtime,
@@ -91,9 +82,7 @@ impl Context {
         self.tracker.len()
     }
 
-    pub(crate) fn clients(
-        &self,
-    ) -> MutexGuard<'_, HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>> {
+    pub(crate) fn clients(&self) -> MutexGuard<'_, HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>> {
         lock(&self.s3_clients)
     }
 }

@@ -17,8 +17,8 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration,
-    Delete, ObjectIdentifier,
+    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete,
+    ObjectIdentifier,
 };
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
@@ -53,11 +53,8 @@ impl ClientKey {
         let endpoint = cfg.resolved_endpoint();
         let profile = cfg.profile.clone().or_else(|| env("AWS_PROFILE"));
         // Region: explicit, env, profile file, else us-east-1. Never the instance-metadata service.
-        let mut region = cfg
-            .region
-            .clone()
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"));
+        let mut region =
+            cfg.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
         if region.is_none() {
             let mut provider = aws_config::profile::ProfileFileRegionProvider::builder();
             if let Some(p) = &profile {
@@ -84,9 +81,8 @@ impl ClientKey {
     }
 
     async fn build(&self) -> Client {
-        let mut timeouts = TimeoutConfig::builder()
-            .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout);
+        let mut timeouts =
+            TimeoutConfig::builder().connect_timeout(self.connect_timeout).read_timeout(self.read_timeout);
         timeouts.set_operation_timeout(self.operation_timeout);
         let timeouts = timeouts.build();
         let retry = RetryConfig::standard()
@@ -101,13 +97,8 @@ impl ClientKey {
         }
         if let Some((ak, sk, token)) = &self.static_creds {
             // Static credentials: the provider chain (and its instance-metadata probe) is not used.
-            loader = loader.credentials_provider(Credentials::new(
-                ak,
-                sk,
-                token.clone(),
-                None,
-                "s3dlio-static",
-            ));
+            loader =
+                loader.credentials_provider(Credentials::new(ak, sk, token.clone(), None, "s3dlio-static"));
         }
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
@@ -141,10 +132,7 @@ impl S3Store {
                 ctx.clients().entry(key).or_insert(c).clone()
             }
         };
-        Ok(S3Store {
-            client,
-            cfg: cfg.clone(),
-        })
+        Ok(S3Store { client, cfg: cfg.clone() })
     }
 
     fn uri(bucket: &str, key: &str) -> String {
@@ -156,12 +144,7 @@ impl S3Store {
     /// The SDK retries failures up to the response headers. A body that breaks off or stalls after
     /// that (connection reset, server stopped sending) is retried here, with the same attempt budget
     /// and jittered exponential backoff.
-    pub async fn get(
-        &self,
-        bucket: &str,
-        key: &str,
-        range: Option<(u64, Option<u64>)>,
-    ) -> Result<Bytes> {
+    pub async fn get(&self, bucket: &str, key: &str, range: Option<(u64, Option<u64>)>) -> Result<Bytes> {
         let mut attempt = 1;
         loop {
             match self.get_once(bucket, key, range).await {
@@ -216,20 +199,17 @@ impl S3Store {
         let mut buf = BytesMut::with_capacity(expected.unwrap_or(0));
         let mut body = resp.body;
         let read_timeout = self.cfg.read_timeout;
-        let failed = |kind: ErrorKind, msg: String, retryable: bool| {
-            (Error::new(kind, Some(&uri), msg), retryable)
-        };
+        let failed =
+            |kind: ErrorKind, msg: String, retryable: bool| (Error::new(kind, Some(&uri), msg), retryable);
         loop {
             // The SDK's read timeout covers the wait for headers; this one covers a stalled body.
-            let next = tokio::time::timeout(read_timeout, body.next())
-                .await
-                .map_err(|_| {
-                    failed(
-                        ErrorKind::Timeout,
-                        format!("no data for {read_timeout:?} while reading the body"),
-                        true,
-                    )
-                })?;
+            let next = tokio::time::timeout(read_timeout, body.next()).await.map_err(|_| {
+                failed(
+                    ErrorKind::Timeout,
+                    format!("no data for {read_timeout:?} while reading the body"),
+                    true,
+                )
+            })?;
             match next {
                 None => break,
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
@@ -248,9 +228,7 @@ impl S3Store {
         if let Some((offset, Some(len))) = range {
             if buf.len() as u64 != len {
                 let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
-                let msg = format!(
-                    "range {offset}+{len} extends past the end of the object (size {size})"
-                );
+                let msg = format!("range {offset}+{len} extends past the end of the object (size {size})");
                 return Err(failed(ErrorKind::InvalidRange, msg, false));
             }
         }
@@ -274,10 +252,7 @@ impl S3Store {
         }
         let mut attempt = 1;
         loop {
-            match self
-                .range_into_once(bucket, key, offset, dst, expected_size)
-                .await
-            {
+            match self.range_into_once(bucket, key, offset, dst, expected_size).await {
                 Ok(()) => return Ok(()),
                 Err((_, true)) if attempt < self.cfg.max_attempts => {
                     tokio::time::sleep(backoff(self.cfg.initial_backoff, attempt)).await;
@@ -298,9 +273,8 @@ impl S3Store {
     ) -> std::result::Result<(), (Error, bool)> {
         let uri = Self::uri(bucket, key);
         let len = dst.len() as u64;
-        let failed = |kind: ErrorKind, msg: String, retryable: bool| {
-            (Error::new(kind, Some(&uri), msg), retryable)
-        };
+        let failed =
+            |kind: ErrorKind, msg: String, retryable: bool| (Error::new(kind, Some(&uri), msg), retryable);
         let resp = self
             .client
             .get_object()
@@ -310,12 +284,13 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| (map_sdk_err(e, &uri), false))?;
-        if let (Some(want), Some(total)) = (
-            expected_size,
-            resp.content_range().and_then(total_from_content_range),
-        ) {
+        if let (Some(want), Some(total)) =
+            (expected_size, resp.content_range().and_then(total_from_content_range))
+        {
             if want != total {
-                let msg = format!("object is {total} bytes now, but {want} when listed: it changed while being read");
+                let msg = format!(
+                    "object is {total} bytes now, but {want} when listed: it changed while being read"
+                );
                 return Err(failed(ErrorKind::Io, msg, false));
             }
         }
@@ -323,23 +298,20 @@ impl S3Store {
         let mut body = resp.body;
         let mut filled = 0usize;
         loop {
-            let next = tokio::time::timeout(read_timeout, body.next())
-                .await
-                .map_err(|_| {
-                    failed(
-                        ErrorKind::Timeout,
-                        format!("no data for {read_timeout:?} while reading a range"),
-                        true,
-                    )
-                })?;
+            let next = tokio::time::timeout(read_timeout, body.next()).await.map_err(|_| {
+                failed(
+                    ErrorKind::Timeout,
+                    format!("no data for {read_timeout:?} while reading a range"),
+                    true,
+                )
+            })?;
             match next {
                 None => break,
                 Some(Ok(chunk)) => {
                     let end = filled + chunk.len();
                     if end > dst.len() {
-                        let msg = format!(
-                            "server sent more than the {len} bytes asked for at offset {offset}"
-                        );
+                        let msg =
+                            format!("server sent more than the {len} bytes asked for at offset {offset}");
                         return Err(failed(ErrorKind::Io, msg, false));
                     }
                     // The one honest copy: network chunk into its offset of the final buffer.
@@ -392,30 +364,29 @@ impl S3Store {
             .set_delimiter(delimiter.then(|| "/".to_owned()))
             .into_paginator()
             .send();
-        futures::stream::unfold(pages, |mut pages| async move {
-            pages.next().await.map(|p| (p, pages))
-        })
-        .map(move |page| {
-            let page = page.map_err(|e| map_sdk_err(e, &list_uri))?;
-            let mut out = Vec::with_capacity(page.key_count().unwrap_or(0).max(0) as usize);
-            for p in page.common_prefixes() {
-                if let Some(prefix) = p.prefix() {
-                    out.push(ObjectInfo::dir(format!("s3://{bucket_owned}/{prefix}")));
+        futures::stream::unfold(pages, |mut pages| async move { pages.next().await.map(|p| (p, pages)) }).map(
+            move |page| {
+                let page = page.map_err(|e| map_sdk_err(e, &list_uri))?;
+                let mut out = Vec::with_capacity(page.key_count().unwrap_or(0).max(0) as usize);
+                for p in page.common_prefixes() {
+                    if let Some(prefix) = p.prefix() {
+                        out.push(ObjectInfo::dir(format!("s3://{bucket_owned}/{prefix}")));
+                    }
                 }
-            }
-            for o in page.contents() {
-                if let Some(key) = o.key() {
-                    out.push(ObjectInfo {
-                        uri: format!("s3://{bucket_owned}/{key}"),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        etag: o.e_tag().map(|t| t.trim_matches('"').to_owned()),
-                        last_modified: o.last_modified().map(|d| d.as_secs_f64()),
-                        is_dir: false,
-                    });
+                for o in page.contents() {
+                    if let Some(key) = o.key() {
+                        out.push(ObjectInfo {
+                            uri: format!("s3://{bucket_owned}/{key}"),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: o.e_tag().map(|t| t.trim_matches('"').to_owned()),
+                            last_modified: o.last_modified().map(|d| d.as_secs_f64()),
+                            is_dir: false,
+                        });
+                    }
                 }
-            }
-            Ok(out)
-        })
+                Ok(out)
+            },
+        )
     }
 
     pub async fn put(&self, bucket: &str, key: &str, data: Bytes) -> Result<()> {
@@ -437,10 +408,7 @@ impl S3Store {
     async fn put_multipart(&self, bucket: &str, key: &str, data: Bytes, uri: &str) -> Result<()> {
         let len = data.len() as u64;
         // Grow the part size (whole MiB) when the object would need more than 10,000 parts.
-        let part_size = self
-            .cfg
-            .part_size
-            .max(len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB);
+        let part_size = self.cfg.part_size.max(len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB);
         let created = self
             .client
             .create_multipart_upload()
@@ -452,11 +420,7 @@ impl S3Store {
         let upload_id = created
             .upload_id()
             .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Io,
-                    Some(uri),
-                    "CreateMultipartUpload returned no upload id",
-                )
+                Error::new(ErrorKind::Io, Some(uri), "CreateMultipartUpload returned no upload id")
             })?
             .to_owned();
         let mut guard = AbortGuard {
@@ -481,12 +445,7 @@ impl S3Store {
                     .body(ByteStream::from(body));
                 async move {
                     let out = req.send().await.map_err(|e| map_sdk_err(e, uri))?;
-                    Ok::<_, Error>(
-                        CompletedPart::builder()
-                            .set_e_tag(out.e_tag)
-                            .part_number(number)
-                            .build(),
-                    )
+                    Ok::<_, Error>(CompletedPart::builder().set_e_tag(out.e_tag).part_number(number).build())
                 }
             }))
             .buffer_unordered(self.cfg.max_concurrency)
@@ -499,11 +458,7 @@ impl S3Store {
                 .bucket(bucket)
                 .key(key)
                 .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
                 .map_err(|e| map_sdk_err(e, uri))?;
@@ -524,13 +479,7 @@ impl S3Store {
 
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
         let uri = Self::uri(bucket, key);
-        self.client
-            .delete_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+        self.client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| map_sdk_err(e, &uri))?;
         Ok(())
     }
 
@@ -561,16 +510,9 @@ impl S3Store {
             let code = err.code().unwrap_or_default();
             let kind = classify(0, Some(code));
             return Err(Error::new(
-                if kind == ErrorKind::Io {
-                    ErrorKind::Io
-                } else {
-                    kind
-                },
+                if kind == ErrorKind::Io { ErrorKind::Io } else { kind },
                 Some(&Self::uri(bucket, key)),
-                format!(
-                    "delete failed: {code}: {}",
-                    err.message().unwrap_or_default()
-                ),
+                format!("delete failed: {code}: {}", err.message().unwrap_or_default()),
             ));
         }
         Ok(n)
@@ -578,12 +520,7 @@ impl S3Store {
 
     pub async fn create_bucket(&self, bucket: &str) -> Result<()> {
         let uri = format!("s3://{bucket}");
-        let region = self
-            .client
-            .config()
-            .region()
-            .map(|r| r.to_string())
-            .unwrap_or_default();
+        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
         let mut req = self.client.create_bucket().bucket(bucket);
         if !region.is_empty() && region != "us-east-1" {
             req = req.create_bucket_configuration(
@@ -598,12 +535,7 @@ impl S3Store {
 
     pub async fn delete_bucket(&self, bucket: &str) -> Result<()> {
         let uri = format!("s3://{bucket}");
-        self.client
-            .delete_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+        self.client.delete_bucket().bucket(bucket).send().await.map_err(|e| map_sdk_err(e, &uri))?;
         Ok(())
     }
 }
@@ -619,12 +551,7 @@ struct AbortGuard {
 
 impl AbortGuard {
     fn request(&self, id: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(id);
+        let req = self.client.abort_multipart_upload().bucket(&self.bucket).key(&self.key).upload_id(id);
         async move {
             // Best effort, bounded: the upload is already failing; its error is what the user sees.
             let _ = tokio::time::timeout(Duration::from_secs(10), req.send()).await;
@@ -651,12 +578,9 @@ impl Drop for AbortGuard {
 /// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
 /// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    let full = base
-        .saturating_mul(1u32 << (attempt - 1).min(16))
-        .min(Duration::from_secs(20));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let full = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(Duration::from_secs(20));
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let jitter = f64::from(nanos % 1000) / 1000.0; // cheap, good enough to de-synchronise retries
     full.mul_f64(0.5 + 0.5 * jitter)
 }
@@ -680,11 +604,7 @@ fn classify(status: u16, code: Option<&str>) -> ErrorKind {
             | "AccountProblem",
         ) => ErrorKind::PermissionDenied,
         Some(
-            "SlowDown"
-            | "Throttling"
-            | "ThrottlingException"
-            | "RequestLimitExceeded"
-            | "TooManyRequests",
+            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests",
         ) => ErrorKind::Throttled,
         Some("InvalidRange") => ErrorKind::InvalidRange,
         Some("RequestTimeout") => ErrorKind::Timeout,
@@ -724,11 +644,8 @@ where
         SdkError::ServiceError(s) => {
             let meta = s.err().meta();
             let status = s.raw().status().as_u16();
-            let mut m = format!(
-                "{}: {}",
-                meta.code().unwrap_or("error"),
-                meta.message().unwrap_or("(no message)")
-            );
+            let mut m =
+                format!("{}: {}", meta.code().unwrap_or("error"), meta.message().unwrap_or("(no message)"));
             m.push_str(&format!(" (HTTP {status}"));
             if let Some(id) = meta.extra("aws_request_id") {
                 m.push_str(&format!(", request id {id}"));
@@ -749,10 +666,7 @@ mod tests {
     fn classifies_codes_and_statuses() {
         assert_eq!(classify(404, Some("NoSuchKey")), ErrorKind::NotFound);
         assert_eq!(classify(404, None), ErrorKind::NotFound);
-        assert_eq!(
-            classify(403, Some("InvalidAccessKeyId")),
-            ErrorKind::PermissionDenied
-        );
+        assert_eq!(classify(403, Some("InvalidAccessKeyId")), ErrorKind::PermissionDenied);
         assert_eq!(classify(503, Some("SlowDown")), ErrorKind::Throttled);
         assert_eq!(classify(416, None), ErrorKind::InvalidRange);
         assert_eq!(classify(500, Some("InternalError")), ErrorKind::Io);

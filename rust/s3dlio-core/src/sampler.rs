@@ -78,10 +78,7 @@ pub fn rank_share(order: &[u64], rank: usize, world_size: usize, evenness: Evenn
         Evenness::Pad => n.div_ceil(world_size) * world_size,
         Evenness::Drop => n / world_size * world_size,
     };
-    (rank..total)
-        .step_by(world_size)
-        .map(|i| order[i % n])
-        .collect()
+    (rank..total).step_by(world_size).map(|i| order[i % n]).collect()
 }
 
 /// The share of worker `worker` out of `num_workers` within a rank's share: round-robin.
@@ -89,12 +86,7 @@ pub fn worker_share(share: &[u64], worker: usize, num_workers: usize) -> Vec<u64
     if num_workers == 0 || worker >= num_workers {
         return Vec::new();
     }
-    share
-        .iter()
-        .skip(worker)
-        .step_by(num_workers)
-        .copied()
-        .collect()
+    share.iter().skip(worker).step_by(num_workers).copied().collect()
 }
 
 #[cfg(test)]
@@ -125,15 +117,11 @@ mod tests {
     #[test]
     fn ranks_cover_exactly_once_with_equal_lengths() {
         let order = epoch_order(10, 1, 0, true);
-        let shares: Vec<_> = (0..3)
-            .map(|r| rank_share(&order, r, 3, Evenness::Pad))
-            .collect();
+        let shares: Vec<_> = (0..3).map(|r| rank_share(&order, r, 3, Evenness::Pad)).collect();
         assert!(shares.iter().all(|s| s.len() == 4));
         let covered: HashSet<u64> = shares.iter().flatten().copied().collect();
         assert_eq!(covered.len(), 10);
-        let dropped: Vec<_> = (0..3)
-            .map(|r| rank_share(&order, r, 3, Evenness::Drop))
-            .collect();
+        let dropped: Vec<_> = (0..3).map(|r| rank_share(&order, r, 3, Evenness::Drop)).collect();
         assert!(dropped.iter().all(|s| s.len() == 3));
         let all: Vec<u64> = dropped.iter().flatten().copied().collect();
         assert_eq!(all.iter().copied().collect::<HashSet<_>>().len(), 9);

@@ -31,13 +31,7 @@ pub struct ObjectInfo {
 
 impl ObjectInfo {
     pub fn dir(uri: String) -> ObjectInfo {
-        ObjectInfo {
-            uri,
-            size: 0,
-            etag: None,
-            last_modified: None,
-            is_dir: true,
-        }
+        ObjectInfo { uri, size: 0, etag: None, last_modified: None, is_dir: true }
     }
 }
 
@@ -46,46 +40,27 @@ pub type ListPage = Vec<ObjectInfo>;
 
 /// A backend resolved for one location.
 enum Backend {
-    S3 {
-        store: Box<S3Store>,
-        bucket: String,
-        key: String,
-    },
-    Local {
-        path: PathBuf,
-        mode: Mode,
-    },
+    S3 { store: Box<S3Store>, bucket: String, key: String },
+    Local { path: PathBuf, mode: Mode },
 }
 
 impl Backend {
     async fn new(loc: Location, cfg: &StoreConfig) -> Result<Backend> {
         Ok(match loc {
-            Location::S3 { bucket, key } => Backend::S3 {
-                store: Box::new(S3Store::new(cfg).await?),
-                bucket,
-                key,
-            },
-            Location::File { path } => Backend::Local {
-                path,
-                mode: Mode::Buffered,
-            },
-            Location::Direct { path } => Backend::Local {
-                path,
-                mode: Mode::Direct,
-            },
+            Location::S3 { bucket, key } => {
+                Backend::S3 { store: Box::new(S3Store::new(cfg).await?), bucket, key }
+            }
+            Location::File { path } => Backend::Local { path, mode: Mode::Buffered },
+            Location::Direct { path } => Backend::Local { path, mode: Mode::Direct },
         })
     }
 }
 
 /// Run blocking filesystem work on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            None,
-            format!("filesystem worker failed: {e}"),
-        )
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, None, format!("filesystem worker failed: {e}")))?
 }
 
 /// Read `loc` (a `range` of it when given), reusing `s3` when the caller already has a store.
@@ -111,12 +86,7 @@ pub async fn get(uri: &str, cfg: &StoreConfig) -> Result<Bytes> {
 }
 
 /// Read `length` bytes at `offset` (to the end when `None`). Never short, never padded.
-pub async fn get_range(
-    uri: &str,
-    offset: u64,
-    length: Option<u64>,
-    cfg: &StoreConfig,
-) -> Result<Bytes> {
+pub async fn get_range(uri: &str, offset: u64, length: Option<u64>, cfg: &StoreConfig) -> Result<Bytes> {
     if length == Some(0) {
         return Err(Error::new(
             ErrorKind::InvalidConfig,
@@ -124,29 +94,16 @@ pub async fn get_range(
             "length must be at least 1 (or None for the rest)",
         ));
     }
-    get_with(
-        Location::parse_object(uri)?,
-        Some((offset, length)),
-        None,
-        cfg,
-    )
-    .await
+    get_with(Location::parse_object(uri)?, Some((offset, length)), None, cfg).await
 }
 
 /// Read many objects with at most `concurrency` in flight; results in input order. The first
 /// failure (in input order) is returned and the remaining requests are dropped.
-pub async fn get_many(
-    uris: &[String],
-    concurrency: usize,
-    cfg: &StoreConfig,
-) -> Result<Vec<Bytes>> {
+pub async fn get_many(uris: &[String], concurrency: usize, cfg: &StoreConfig) -> Result<Vec<Bytes>> {
     if concurrency == 0 {
         return Err(Error::invalid_config("max_concurrency must be at least 1"));
     }
-    let locs = uris
-        .iter()
-        .map(|u| Location::parse_object(u))
-        .collect::<Result<Vec<_>>>()?;
+    let locs = uris.iter().map(|u| Location::parse_object(u)).collect::<Result<Vec<_>>>()?;
     let s3 = if locs.iter().any(|l| matches!(l, Location::S3 { .. })) {
         Some(S3Store::new(cfg).await?)
     } else {
@@ -198,26 +155,21 @@ pub async fn list_stream(
 ) -> Result<BoxStream<'static, Result<ListPage>>> {
     let matcher = compile_pattern(pattern)?;
     let prefix_uri = Location::parse(uri)?.to_uri();
-    let pages: BoxStream<'static, Result<ListPage>> =
-        match Backend::new(Location::parse(uri)?, cfg).await? {
-            Backend::S3 { store, bucket, key } => store.list(&bucket, &key, !recursive).boxed(),
-            Backend::Local { path, mode } => {
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<ListPage>>(2);
-                let walker = tokio::task::spawn_blocking(move || {
-                    let res = local::list(&path, mode, recursive, &mut |page| {
-                        tx.blocking_send(Ok(page)).is_ok()
-                    });
-                    if let Err(e) = res {
-                        let _ = tx.blocking_send(Err(e));
-                    }
-                });
-                drop(walker); // the walker stops at its next page once the receiver is dropped
-                futures::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|item| (item, rx))
-                })
+    let pages: BoxStream<'static, Result<ListPage>> = match Backend::new(Location::parse(uri)?, cfg).await? {
+        Backend::S3 { store, bucket, key } => store.list(&bucket, &key, !recursive).boxed(),
+        Backend::Local { path, mode } => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<ListPage>>(2);
+            let walker = tokio::task::spawn_blocking(move || {
+                let res = local::list(&path, mode, recursive, &mut |page| tx.blocking_send(Ok(page)).is_ok());
+                if let Err(e) = res {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            });
+            drop(walker); // the walker stops at its next page once the receiver is dropped
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
                 .boxed()
-            }
-        };
+        }
+    };
     Ok(match matcher {
         None => pages,
         Some(m) => pages
@@ -267,10 +219,7 @@ pub async fn delete_prefix(uri: &str, cfg: &StoreConfig) -> Result<usize> {
     let loc = Location::parse(uri)?;
     if let Location::File { path } | Location::Direct { path } = &loc {
         if path.parent().is_none() {
-            return Err(Error::invalid_uri(
-                uri,
-                "refusing to delete everything under the filesystem root",
-            ));
+            return Err(Error::invalid_uri(uri, "refusing to delete everything under the filesystem root"));
         }
     }
     let mut pages = list_stream(uri, true, None, cfg).await?;
@@ -281,11 +230,7 @@ pub async fn delete_prefix(uri: &str, cfg: &StoreConfig) -> Result<usize> {
             while let Some(page) = pages.next().await {
                 let keys: Vec<String> = page?
                     .into_iter()
-                    .filter_map(|o| {
-                        o.uri
-                            .strip_prefix(&format!("s3://{bucket}/"))
-                            .map(str::to_owned)
-                    })
+                    .filter_map(|o| o.uri.strip_prefix(&format!("s3://{bucket}/")).map(str::to_owned))
                     .collect();
                 if !keys.is_empty() {
                     deleted += store.delete_batch(&bucket, keys).await?;
@@ -338,10 +283,7 @@ fn prune_empty_dirs(dir: &Path) {
 /// A relative key made safe to join under a local directory: no `..`, no root, no empty parts.
 fn safe_relative(rel: &str, uri: &str) -> Result<PathBuf> {
     let p = Path::new(rel);
-    if rel.is_empty()
-        || p.components().any(|c| !matches!(c, Component::Normal(_)))
-        || rel.contains("//")
-    {
+    if rel.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) || rel.contains("//") {
         return Err(Error::invalid_uri(
             uri,
             format!("refusing to download key {rel:?}: it would escape or collapse the target directory"),
@@ -354,11 +296,7 @@ fn safe_relative(rel: &str, uri: &str) -> Result<PathBuf> {
 pub async fn upload(local_dir: &str, uri: &str, cfg: &StoreConfig) -> Result<usize> {
     let src_root = PathBuf::from(local_dir);
     if !src_root.is_dir() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            Some(local_dir),
-            "is not a directory",
-        ));
+        return Err(Error::new(ErrorKind::NotFound, Some(local_dir), "is not a directory"));
     }
     let dest = Location::parse(uri)?.as_dir_prefix();
     let src = Location::File { path: src_root }.as_dir_prefix();
@@ -426,15 +364,8 @@ mod tests {
     #[test]
     fn safe_relative_refuses_escapes() {
         for bad in ["../x", "a/../../x", "/etc/passwd", "", "a//b", "./a"] {
-            assert_eq!(
-                safe_relative(bad, "s3://b/k").unwrap_err().kind(),
-                ErrorKind::InvalidUri,
-                "{bad}"
-            );
+            assert_eq!(safe_relative(bad, "s3://b/k").unwrap_err().kind(), ErrorKind::InvalidUri, "{bad}");
         }
-        assert_eq!(
-            safe_relative("a/b/c.bin", "u").unwrap(),
-            PathBuf::from("a/b/c.bin")
-        );
+        assert_eq!(safe_relative("a/b/c.bin", "u").unwrap(), PathBuf::from("a/b/c.bin"));
     }
 }

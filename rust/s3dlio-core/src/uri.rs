@@ -18,10 +18,7 @@ impl Location {
     /// Parse any URI; the key or path may be empty (a bucket or prefix).
     pub fn parse(uri: &str) -> Result<Self> {
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            Error::invalid_uri(
-                uri,
-                "expected a URI like s3://bucket/key, file:///path or direct:///path",
-            )
+            Error::invalid_uri(uri, "expected a URI like s3://bucket/key, file:///path or direct:///path")
         })?;
         match scheme {
             "s3" => {
@@ -46,9 +43,9 @@ impl Location {
     pub fn parse_object(uri: &str) -> Result<Self> {
         let loc = Location::parse(uri)?;
         match &loc {
-            Location::S3 { key, .. } if key.is_empty() || key.ends_with('/') => Err(
-                Error::invalid_uri(uri, "names a bucket or prefix, not an object"),
-            ),
+            Location::S3 { key, .. } if key.is_empty() || key.ends_with('/') => {
+                Err(Error::invalid_uri(uri, "names a bucket or prefix, not an object"))
+            }
             Location::File { path } | Location::Direct { path } if path.as_os_str().is_empty() => {
                 Err(Error::invalid_uri(uri, "names no file"))
             }
@@ -61,10 +58,7 @@ impl Location {
         let loc = Location::parse(uri)?;
         if let Location::S3 { key, .. } = &loc {
             if !key.trim_end_matches('/').is_empty() {
-                return Err(Error::invalid_uri(
-                    uri,
-                    "names an object; expected s3://bucket",
-                ));
+                return Err(Error::invalid_uri(uri, "names an object; expected s3://bucket"));
             }
         }
         Ok(loc)
@@ -73,16 +67,11 @@ impl Location {
     /// The same location with `suffix` appended to the key or path (as a string, no separator added).
     pub fn join(&self, suffix: &str) -> Location {
         match self {
-            Location::S3 { bucket, key } => Location::S3 {
-                bucket: bucket.clone(),
-                key: format!("{key}{suffix}"),
-            },
-            Location::File { path } => Location::File {
-                path: join_str(path, suffix),
-            },
-            Location::Direct { path } => Location::Direct {
-                path: join_str(path, suffix),
-            },
+            Location::S3 { bucket, key } => {
+                Location::S3 { bucket: bucket.clone(), key: format!("{key}{suffix}") }
+            }
+            Location::File { path } => Location::File { path: join_str(path, suffix) },
+            Location::Direct { path } => Location::Direct { path: join_str(path, suffix) },
         }
     }
 
@@ -99,9 +88,7 @@ impl Location {
     pub fn key_str(&self) -> String {
         match self {
             Location::S3 { key, .. } => key.clone(),
-            Location::File { path } | Location::Direct { path } => {
-                path.to_string_lossy().into_owned()
-            }
+            Location::File { path } | Location::Direct { path } => path.to_string_lossy().into_owned(),
         }
     }
 
@@ -124,10 +111,7 @@ fn join_str(path: &Path, suffix: &str) -> PathBuf {
 
 fn local_path(uri: &str, rest: &str) -> Result<PathBuf> {
     if rest.is_empty() {
-        return Err(Error::invalid_uri(
-            uri,
-            "names no path (use file:///absolute/path)",
-        ));
+        return Err(Error::invalid_uri(uri, "names no path (use file:///absolute/path)"));
     }
     if rest.contains('\0') {
         return Err(Error::invalid_uri(uri, "contains a NUL byte"));
@@ -144,25 +128,13 @@ fn local_path(uri: &str, rest: &str) -> Result<PathBuf> {
 
 fn validate_bucket(uri: &str, bucket: &str) -> Result<()> {
     if bucket.is_empty() {
-        return Err(Error::invalid_uri(
-            uri,
-            "has no bucket name (expected s3://bucket/key)",
-        ));
+        return Err(Error::invalid_uri(uri, "has no bucket name (expected s3://bucket/key)"));
     }
     if bucket.len() > 255 {
-        return Err(Error::invalid_uri(
-            uri,
-            "bucket name is longer than 255 characters",
-        ));
+        return Err(Error::invalid_uri(uri, "bucket name is longer than 255 characters"));
     }
-    if let Some(c) = bucket
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-    {
-        return Err(Error::invalid_uri(
-            uri,
-            format!("bucket name contains {c:?}"),
-        ));
+    if let Some(c) = bucket.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+        return Err(Error::invalid_uri(uri, format!("bucket name contains {c:?}")));
     }
     Ok(())
 }
@@ -176,48 +148,21 @@ mod tests {
     fn parses_s3() {
         assert_eq!(
             Location::parse("s3://b/a/b c").unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                key: "a/b c".into()
-            }
+            Location::S3 { bucket: "b".into(), key: "a/b c".into() }
         );
-        assert_eq!(
-            Location::parse("s3://b").unwrap(),
-            Location::S3 {
-                bucket: "b".into(),
-                key: "".into()
-            }
-        );
+        assert_eq!(Location::parse("s3://b").unwrap(), Location::S3 { bucket: "b".into(), key: "".into() });
     }
 
     #[test]
     fn parses_local() {
-        assert_eq!(
-            Location::parse("file:///tmp/x").unwrap(),
-            Location::File {
-                path: "/tmp/x".into()
-            }
-        );
-        assert_eq!(
-            Location::parse("direct:///d/x").unwrap(),
-            Location::Direct {
-                path: "/d/x".into()
-            }
-        );
+        assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File { path: "/tmp/x".into() });
+        assert_eq!(Location::parse("direct:///d/x").unwrap(), Location::Direct { path: "/d/x".into() });
     }
 
     #[test]
     fn rejects_bad_uris_with_invalid_uri() {
-        for bad in [
-            "",
-            "bucket/key",
-            "s3://",
-            "s3:///key",
-            "ftp://x/y",
-            "s3://Bad!/k",
-            "file://",
-            "gs://b/k",
-        ] {
+        for bad in ["", "bucket/key", "s3://", "s3:///key", "ftp://x/y", "s3://Bad!/k", "file://", "gs://b/k"]
+        {
             let err = Location::parse_object(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidUri, "{bad}: {err}");
             assert_eq!(err.uri(), Some(bad));
@@ -226,14 +171,8 @@ mod tests {
 
     #[test]
     fn object_needs_a_key() {
-        assert_eq!(
-            Location::parse_object("s3://b").unwrap_err().kind(),
-            ErrorKind::InvalidUri
-        );
-        assert_eq!(
-            Location::parse_object("s3://b/dir/").unwrap_err().kind(),
-            ErrorKind::InvalidUri
-        );
+        assert_eq!(Location::parse_object("s3://b").unwrap_err().kind(), ErrorKind::InvalidUri);
+        assert_eq!(Location::parse_object("s3://b/dir/").unwrap_err().kind(), ErrorKind::InvalidUri);
         assert!(Location::parse_object("s3://b/k").is_ok());
     }
 
@@ -241,9 +180,6 @@ mod tests {
     fn dir_prefix() {
         let l = Location::parse("s3://b/data").unwrap().as_dir_prefix();
         assert_eq!(l.to_uri(), "s3://b/data/");
-        assert_eq!(
-            Location::parse("s3://b").unwrap().as_dir_prefix().to_uri(),
-            "s3://b/"
-        );
+        assert_eq!(Location::parse("s3://b").unwrap().as_dir_prefix().to_uri(), "s3://b/");
     }
 }

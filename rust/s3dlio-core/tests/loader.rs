@@ -36,10 +36,7 @@ fn dataset(tag: &str, n: usize, missing: &[usize]) -> Dataset {
         }
         uris.push(format!("file://{}", p.display()));
     }
-    Dataset {
-        dir,
-        source: Arc::new(Source::new(uris, None).unwrap()),
-    }
+    Dataset { dir, source: Arc::new(Source::new(uris, None).unwrap()) }
 }
 
 fn content(i: u64) -> Vec<u8> {
@@ -49,10 +46,7 @@ fn content(i: u64) -> Vec<u8> {
 }
 
 fn opts(batch_size: usize) -> LoaderOptions {
-    LoaderOptions {
-        batch_size,
-        ..Default::default()
-    }
+    LoaderOptions { batch_size, ..Default::default() }
 }
 
 fn start(
@@ -62,11 +56,7 @@ fn start(
     pool_size: usize,
     parent: Option<&CancellationToken>,
 ) -> BatchLoader {
-    let pool = PoolConfig {
-        pool_size,
-        readahead_batches: 2,
-        request_timeout: None,
-    };
+    let pool = PoolConfig { pool_size, readahead_batches: 2, request_timeout: None };
     BatchLoader::start(
         context().unwrap(),
         Arc::clone(&d.source),
@@ -92,7 +82,7 @@ fn delivers_every_sample_in_the_given_order_with_its_bytes() {
     block_on(async {
         while let Some(b) = l.next().await {
             let b = b.unwrap();
-            assert_eq!(b.position, seen.len());
+            assert_eq!(b.positions, (seen.len()..seen.len() + b.indices.len()).collect::<Vec<_>>());
             for (i, data) in b.indices.iter().zip(&b.data) {
                 assert_eq!(&data[..], &content(*i)[..]);
             }
@@ -108,11 +98,7 @@ fn delivers_every_sample_in_the_given_order_with_its_bytes() {
 #[test]
 fn completion_order_delivers_each_sample_once() {
     let d = dataset("unordered", 100, &[]);
-    let o = LoaderOptions {
-        batch_size: 7,
-        in_order: false,
-        ..Default::default()
-    };
+    let o = LoaderOptions { batch_size: 7, in_order: false, ..Default::default() };
     let mut l = start(&d, (0..100).collect(), &o, 32, None);
     let mut seen = Vec::new();
     block_on(async {
@@ -127,11 +113,7 @@ fn completion_order_delivers_each_sample_once() {
 #[test]
 fn drop_last_never_fetches_the_dropped_tail() {
     let d = dataset("droplast", 10, &[]);
-    let o = LoaderOptions {
-        batch_size: 4,
-        drop_last: true,
-        ..Default::default()
-    };
+    let o = LoaderOptions { batch_size: 4, drop_last: true, ..Default::default() };
     let mut l = start(&d, (0..10).collect(), &o, 4, None);
     let sizes: Vec<usize> = block_on(async {
         let mut v = Vec::new();
@@ -180,22 +162,13 @@ fn cancel_mid_stream_stops_new_requests_and_joins_every_task() {
             after += 1;
             assert!(b.is_ok());
         }
-        assert!(
-            after <= 2,
-            "only read-ahead batches remain after cancel, got {after}"
-        );
+        assert!(after <= 2, "only read-ahead batches remain after cancel, got {after}");
         l.close().await;
     });
     assert_eq!(l.live_tasks(), 0);
     let extra = l.stats().started() - started_at_cancel;
-    assert!(
-        extra <= pool_size as u64,
-        "{extra} requests started after the cancel"
-    );
-    assert!(
-        l.stats().started() < 3000,
-        "the epoch did not run to its end"
-    );
+    assert!(extra <= pool_size as u64, "{extra} requests started after the cancel");
+    assert!(l.stats().started() < 3000, "the epoch did not run to its end");
     // Nothing starts later either.
     let settled = l.stats().started();
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -240,11 +213,7 @@ fn a_failed_object_is_delivered_with_its_uri_and_stops_or_continues_as_configure
     let d = dataset("errors", 40, &[13]);
     let missing_uri = d.source.uris[13].clone();
     for on_error in [OnError::Raise, OnError::Continue] {
-        let o = LoaderOptions {
-            batch_size: 10,
-            on_error,
-            ..Default::default()
-        };
+        let o = LoaderOptions { batch_size: 10, on_error, ..Default::default() };
         let mut l = start(&d, (0..40).collect(), &o, 8, None);
         let results = block_on(async {
             let mut v = Vec::new();
@@ -257,11 +226,7 @@ fn a_failed_object_is_delivered_with_its_uri_and_stops_or_continues_as_configure
         let failure = results[1].as_ref().unwrap_err();
         assert_eq!(failure.error.kind(), ErrorKind::NotFound);
         assert_eq!(failure.error.uri(), Some(missing_uri.as_str()));
-        assert_eq!(
-            failure.indices,
-            (10..20).collect::<Vec<u64>>(),
-            "the failed batch names its samples"
-        );
+        assert_eq!(failure.indices, (10..20).collect::<Vec<u64>>(), "the failed batch names its samples");
         match on_error {
             OnError::Raise => assert_eq!(results.len(), 2),
             OnError::Continue => {

@@ -16,29 +16,21 @@ fn opt_string(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
     if v.is_none() {
         return Ok(None);
     }
-    v.extract::<String>()
-        .map(Some)
-        .map_err(|_| invalid_config(format!("{name} must be a string or None")))
+    v.extract::<String>().map(Some).map_err(|_| invalid_config(format!("{name} must be a string or None")))
 }
 
 fn number(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
     if v.is_instance_of::<PyBool>() {
-        return Err(invalid_config(format!(
-            "{name} must be a number, not a bool"
-        )));
+        return Err(invalid_config(format!("{name} must be a number, not a bool")));
     }
-    v.extract::<f64>()
-        .map_err(|_| invalid_config(format!("{name} must be a number")))
+    v.extract::<f64>().map_err(|_| invalid_config(format!("{name} must be a number")))
 }
 
 fn integer<T: for<'a, 'py> FromPyObject<'a, 'py>>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
     if v.is_instance_of::<PyBool>() {
-        return Err(invalid_config(format!(
-            "{name} must be an integer, not a bool"
-        )));
+        return Err(invalid_config(format!("{name} must be an integer, not a bool")));
     }
-    v.extract::<T>()
-        .map_err(|_| invalid_config(format!("{name} must be a non-negative integer in range")))
+    v.extract::<T>().map_err(|_| invalid_config(format!("{name} must be a non-negative integer in range")))
 }
 
 fn secs(name: &str, v: &Bound<'_, PyAny>) -> PyResult<std::time::Duration> {
@@ -66,30 +58,23 @@ impl Config {
                         c.force_path_style = if v.is_none() {
                             None
                         } else {
-                            Some(v.extract::<bool>().map_err(|_| {
-                                invalid_config("force_path_style must be a bool or None")
-                            })?)
+                            Some(
+                                v.extract::<bool>()
+                                    .map_err(|_| invalid_config("force_path_style must be a bool or None"))?,
+                            )
                         }
                     }
                     "connect_timeout" => c.connect_timeout = secs(&key, &v)?,
                     "read_timeout" => c.read_timeout = secs(&key, &v)?,
                     "operation_timeout" => {
-                        c.operation_timeout = if v.is_none() {
-                            None
-                        } else {
-                            Some(secs(&key, &v)?)
-                        }
+                        c.operation_timeout = if v.is_none() { None } else { Some(secs(&key, &v)?) }
                     }
                     "initial_backoff" => c.initial_backoff = secs(&key, &v)?,
                     "max_attempts" => c.max_attempts = integer(&key, &v)?,
                     "max_concurrency" => c.max_concurrency = integer(&key, &v)?,
                     "multipart_threshold" => c.multipart_threshold = integer(&key, &v)?,
                     "part_size" => c.part_size = integer(&key, &v)?,
-                    other => {
-                        return Err(invalid_config(format!(
-                            "unknown configuration key {other:?}"
-                        )))
-                    }
+                    other => return Err(invalid_config(format!("unknown configuration key {other:?}"))),
                 }
             }
         }
@@ -111,10 +96,7 @@ impl Config {
         d.set_item("force_path_style", c.force_path_style)?;
         d.set_item("connect_timeout", c.connect_timeout.as_secs_f64())?;
         d.set_item("read_timeout", c.read_timeout.as_secs_f64())?;
-        d.set_item(
-            "operation_timeout",
-            c.operation_timeout.map(|t| t.as_secs_f64()),
-        )?;
+        d.set_item("operation_timeout", c.operation_timeout.map(|t| t.as_secs_f64()))?;
         d.set_item("initial_backoff", c.initial_backoff.as_secs_f64())?;
         d.set_item("max_attempts", c.max_attempts)?;
         d.set_item("max_concurrency", c.max_concurrency)?;

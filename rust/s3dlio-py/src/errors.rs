@@ -24,8 +24,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
 /// The exception class `name` from `s3dlio.exceptions`, imported once per interpreter.
 pub fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    let module =
-        MODULE.get_or_try_init(py, || py.import("s3dlio.exceptions").map(Bound::unbind))?;
+    let module = MODULE.get_or_try_init(py, || py.import("s3dlio.exceptions").map(Bound::unbind))?;
     Ok(module.bind(py).getattr(name)?.cast_into::<PyType>()?)
 }
 
@@ -33,9 +32,9 @@ pub fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, 
 pub fn to_pyerr(err: Error) -> PyErr {
     Python::attach(|py| match exception_class(py, class_name(err.kind())) {
         Ok(cls) => PyErr::from_type(cls, (err.to_string(), err.uri().map(str::to_owned))),
-        Err(import_err) => PyRuntimeError::new_err(format!(
-            "{err} (and s3dlio.exceptions failed: {import_err})"
-        )),
+        Err(import_err) => {
+            PyRuntimeError::new_err(format!("{err} (and s3dlio.exceptions failed: {import_err})"))
+        }
     })
 }
 

@@ -5,6 +5,7 @@ mod asyncio;
 mod buffer;
 mod config;
 mod errors;
+mod loader;
 mod wait;
 
 use bytes::Bytes;
@@ -60,10 +61,7 @@ impl ObjectInfo {
         if self.is_dir {
             format!("ObjectInfo(uri={:?}, is_dir=True)", self.uri)
         } else {
-            format!(
-                "ObjectInfo(uri={:?}, size={}, etag={:?})",
-                self.uri, self.size, self.etag
-            )
+            format!("ObjectInfo(uri={:?}, size={}, etag={:?})", self.uri, self.size, self.etag)
         }
     }
 }
@@ -220,11 +218,7 @@ fn list_iter(
             () = work => {}
         }
     }));
-    Ok(ListIter {
-        rx: Some(rx),
-        page: Vec::new().into_iter(),
-        token,
-    })
+    Ok(ListIter { rx: Some(rx), page: Vec::new().into_iter(), token })
 }
 
 /// Number of tasks s3dlio has running in this process right now (0 when idle).
@@ -241,10 +235,7 @@ fn _debug_runtime_pid() -> PyResult<u32> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add(
-        "__version__",
-        PyString::new(m.py(), env!("CARGO_PKG_VERSION")),
-    )?;
+    m.add("__version__", PyString::new(m.py(), env!("CARGO_PKG_VERSION")))?;
     m.add_class::<Buffer>()?;
     m.add_class::<ObjectInfo>()?;
     m.add_class::<Config>()?;
@@ -277,6 +268,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_bucket, m)?)?;
     m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
+    m.add_class::<loader::CancelToken>()?;
+    m.add_class::<loader::BatchStream>()?;
+    m.add_function(wrap_pyfunction!(loader::validate_loader_options, m)?)?;
+    m.add_function(wrap_pyfunction!(loader::validate_pool_config, m)?)?;
+    m.add_function(wrap_pyfunction!(loader::validate_range_config, m)?)?;
+    m.add_function(wrap_pyfunction!(loader::pool_from_loader_options, m)?)?;
+    m.add_function(wrap_pyfunction!(loader::epoch_indices, m)?)?;
     m.add_function(wrap_pyfunction!(_debug_runtime_pid, m)?)?;
     Ok(())
 }

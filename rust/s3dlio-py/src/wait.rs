@@ -21,9 +21,7 @@ fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> PyRes
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(to_pyerr(e)),
         Err(e) if e.is_cancelled() => Err(to_pyerr(Error::cancelled())),
-        Err(e) => Err(PyRuntimeError::new_err(format!(
-            "s3dlio internal error (task panicked): {e}"
-        ))),
+        Err(e) => Err(PyRuntimeError::new_err(format!("s3dlio internal error (task panicked): {e}"))),
     }
 }
 
@@ -44,24 +42,20 @@ where
     let task_token = token.clone();
     let mut handle = ctx.spawn(async move { cancellable(&task_token, fut).await });
     loop {
-        let polled = py.detach(|| {
-            ctx.runtime()
-                .block_on(async { tokio::time::timeout(POLL, &mut handle).await })
-        });
+        let polled =
+            py.detach(|| ctx.runtime().block_on(async { tokio::time::timeout(POLL, &mut handle).await }));
         match polled {
             Ok(done) => return joined(done),
             Err(_elapsed) => {
                 if let Err(interrupt) = py.check_signals() {
                     token.cancel();
                     let settled = py.detach(|| {
-                        ctx.runtime()
-                            .block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
+                        ctx.runtime().block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
                     });
                     if settled.is_err() {
                         handle.abort();
                         let _ = py.detach(|| {
-                            ctx.runtime()
-                                .block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
+                            ctx.runtime().block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
                         });
                     }
                     return Err(interrupt);

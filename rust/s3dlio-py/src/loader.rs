@@ -1,0 +1,371 @@
+//! Loader glue: option dicts <-> core structs, the deterministic sampler, the shared cancellation
+//! token, and `BatchStream`, which hands Python one whole batch per call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyTuple};
+use s3dlio_core::loader::{BatchLoader, Source};
+use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
+use s3dlio_core::runtime::context;
+use s3dlio_core::sampler::{self, Evenness};
+use s3dlio_core::{CancellationToken, Error, ErrorKind};
+
+use crate::buffer::Buffer;
+use crate::config::{resolve, Config};
+use crate::errors::{invalid_config, to_pyerr};
+use crate::wait::wait_with;
+
+/// Reads typed fields out of an options dict; every key must be consumed (unknown keys are errors).
+struct Fields<'py> {
+    kind: &'static str,
+    dict: Bound<'py, PyDict>,
+}
+
+impl<'py> Fields<'py> {
+    fn new(kind: &'static str, dict: &Bound<'py, PyDict>) -> PyResult<Self> {
+        Ok(Fields { kind, dict: dict.copy()? })
+    }
+
+    fn take(&self, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let v = self.dict.get_item(key)?;
+        if v.is_some() {
+            self.dict.del_item(key)?;
+        }
+        Ok(v.filter(|v| !v.is_none()))
+    }
+
+    fn usize(&self, key: &str) -> PyResult<Option<usize>> {
+        self.take(key)?
+            .map(|v| {
+                if v.is_instance_of::<PyBool>() {
+                    return Err(invalid_config(format!(
+                        "{}.{key} must be an integer, not a bool",
+                        self.kind
+                    )));
+                }
+                v.extract::<usize>().map_err(|_| {
+                    invalid_config(format!("{}.{key} must be a non-negative integer", self.kind))
+                })
+            })
+            .transpose()
+    }
+
+    fn u64(&self, key: &str) -> PyResult<Option<u64>> {
+        Ok(self.usize(key)?.map(|v| v as u64))
+    }
+
+    fn bool(&self, key: &str) -> PyResult<Option<bool>> {
+        self.take(key)?
+            .map(|v| {
+                v.cast::<PyBool>()
+                    .map(|b| b.is_true())
+                    .map_err(|_| invalid_config(format!("{}.{key} must be True or False", self.kind)))
+            })
+            .transpose()
+    }
+
+    fn seconds(&self, key: &str) -> PyResult<Option<Duration>> {
+        self.take(key)?
+            .map(|v| {
+                let secs: f64 = v.extract().map_err(|_| {
+                    invalid_config(format!("{}.{key} must be a number of seconds", self.kind))
+                })?;
+                s3dlio_core::config::seconds(&format!("{}.{key}", self.kind), secs).map_err(to_pyerr)
+            })
+            .transpose()
+    }
+
+    fn string(&self, key: &str) -> PyResult<Option<String>> {
+        self.take(key)?.map(|v| v.extract::<String>()).transpose()
+    }
+
+    fn finish(self) -> PyResult<()> {
+        if let Some((k, _)) = self.dict.iter().next() {
+            return Err(invalid_config(format!("unknown {} field {k}", self.kind)));
+        }
+        Ok(())
+    }
+}
+
+pub fn loader_options(d: &Bound<'_, PyDict>) -> PyResult<LoaderOptions> {
+    let f = Fields::new("LoaderOptions", d)?;
+    let mut o = LoaderOptions::default();
+    if let Some(v) = f.usize("batch_size")? {
+        o.batch_size = v;
+    }
+    o.shuffle = f.bool("shuffle")?.unwrap_or(o.shuffle);
+    o.seed = f.u64("seed")?.unwrap_or(o.seed);
+    o.drop_last = f.bool("drop_last")?.unwrap_or(o.drop_last);
+    o.num_workers = f.usize("num_workers")?.unwrap_or(o.num_workers);
+    o.prefetch_factor = f.usize("prefetch_factor")?;
+    o.pin_memory = f.bool("pin_memory")?.unwrap_or(o.pin_memory);
+    o.timeout = f.seconds("timeout")?;
+    o.persistent_workers = f.bool("persistent_workers")?.unwrap_or(o.persistent_workers);
+    o.in_order = f.bool("in_order")?.unwrap_or(o.in_order);
+    o.on_error = match f.string("on_error")?.as_deref() {
+        None | Some("raise") => OnError::Raise,
+        Some("continue") => OnError::Continue,
+        Some(other) => {
+            return Err(invalid_config(format!(
+                "LoaderOptions.on_error must be 'raise' or 'continue', not {other:?}"
+            )))
+        }
+    };
+    f.finish()?;
+    o.validate().map_err(to_pyerr)?;
+    Ok(o)
+}
+
+pub fn pool_config(d: &Bound<'_, PyDict>) -> PyResult<PoolConfig> {
+    let f = Fields::new("PoolConfig", d)?;
+    let p = PoolConfig {
+        pool_size: f.usize("pool_size")?.ok_or_else(|| invalid_config("PoolConfig.pool_size is required"))?,
+        readahead_batches: f
+            .usize("readahead_batches")?
+            .ok_or_else(|| invalid_config("PoolConfig.readahead_batches is required"))?,
+        request_timeout: f.seconds("request_timeout")?,
+    };
+    f.finish()?;
+    p.validate().map_err(to_pyerr)?;
+    Ok(p)
+}
+
+pub fn range_config(d: &Bound<'_, PyDict>) -> PyResult<RangeEngineConfig> {
+    let f = Fields::new("RangeEngineConfig", d)?;
+    let mut r = RangeEngineConfig::default();
+    r.chunk_size = f.u64("chunk_size")?.unwrap_or(r.chunk_size);
+    r.max_concurrent_ranges = f.usize("max_concurrent_ranges")?.unwrap_or(r.max_concurrent_ranges);
+    r.min_split_size = f.u64("min_split_size")?.unwrap_or(r.min_split_size);
+    r.range_timeout = f.seconds("range_timeout")?;
+    f.finish()?;
+    r.validate().map_err(to_pyerr)?;
+    Ok(r)
+}
+
+fn pool_dict<'py>(py: Python<'py>, p: &PoolConfig) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("pool_size", p.pool_size)?;
+    d.set_item("readahead_batches", p.readahead_batches)?;
+    d.set_item("request_timeout", p.request_timeout.map(|t| t.as_secs_f64()))?;
+    Ok(d)
+}
+
+/// Validate LoaderOptions fields (a dict); raises InvalidConfigError.
+#[pyfunction]
+pub fn validate_loader_options(options: &Bound<'_, PyDict>) -> PyResult<()> {
+    loader_options(options).map(|_| ())
+}
+
+/// Validate PoolConfig fields (a dict).
+#[pyfunction]
+pub fn validate_pool_config(pool: &Bound<'_, PyDict>) -> PyResult<()> {
+    pool_config(pool).map(|_| ())
+}
+
+/// Validate RangeEngineConfig fields (a dict); `range_timeout` None means "no deadline".
+#[pyfunction]
+pub fn validate_range_config(range: &Bound<'_, PyDict>) -> PyResult<()> {
+    range_config(range).map(|_| ())
+}
+
+/// The PoolConfig fields derived from LoaderOptions fields.
+#[pyfunction]
+pub fn pool_from_loader_options<'py>(
+    py: Python<'py>,
+    options: &Bound<'py, PyDict>,
+) -> PyResult<Bound<'py, PyDict>> {
+    pool_dict(py, &PoolConfig::from_loader_options(&loader_options(options)?))
+}
+
+/// The sample indices of one epoch for one rank and worker: a seeded permutation (when
+/// `shuffle`), split across ranks as DistributedSampler does (`even="pad"` or `"drop"`), then
+/// round-robin across workers.
+#[pyfunction]
+#[pyo3(signature = (n, seed, epoch, shuffle, rank=0, world_size=1, worker=0, num_workers=1, even="pad"))]
+#[allow(clippy::too_many_arguments)]
+pub fn epoch_indices(
+    n: u64,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    rank: usize,
+    world_size: usize,
+    worker: usize,
+    num_workers: usize,
+    even: &str,
+) -> PyResult<Vec<u64>> {
+    if world_size == 0 || rank >= world_size {
+        return Err(invalid_config(format!("rank {rank} is outside world_size {world_size}")));
+    }
+    if num_workers == 0 || worker >= num_workers {
+        return Err(invalid_config(format!("worker {worker} is outside num_workers {num_workers}")));
+    }
+    let evenness = match even {
+        "pad" => Evenness::Pad,
+        "drop" => Evenness::Drop,
+        other => return Err(invalid_config(format!("even must be 'pad' or 'drop', not {other:?}"))),
+    };
+    let order = sampler::epoch_order(n, seed, epoch, shuffle);
+    let share = if world_size == 1 { order } else { sampler::rank_share(&order, rank, world_size, evenness) };
+    Ok(if num_workers == 1 { share } else { sampler::worker_share(&share, worker, num_workers) })
+}
+
+/// A cancellation token Python can hold and share between loaders. Cancelling it stops every
+/// loader made with it (and their requests in flight). Idempotent.
+#[pyclass(frozen, module = "s3dlio._core", name = "CancelToken")]
+pub struct CancelToken {
+    pub token: CancellationToken,
+}
+
+#[pymethods]
+impl CancelToken {
+    #[new]
+    fn new() -> Self {
+        CancelToken { token: CancellationToken::new() }
+    }
+
+    fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// A token cancelled with this one (but cancellable on its own).
+    fn child(&self) -> CancelToken {
+        CancelToken { token: self.token.child_token() }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<s3dlio.CancelToken cancelled={}>", self.token.is_cancelled())
+    }
+}
+
+/// One epoch of batches from the Rust pool. `next()` returns `(positions, indices, buffers)`:
+/// each sample's position in `order`, its dataset index, and its bytes.
+#[pyclass(module = "s3dlio._core", name = "BatchStream")]
+pub struct BatchStream {
+    loader: Option<BatchLoader>,
+    timeout: Option<Duration>,
+}
+
+#[pymethods]
+impl BatchStream {
+    #[new]
+    #[pyo3(signature = (uris, order, options, pool, range, sizes=None, config=None, token=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        uris: Vec<String>,
+        order: Vec<u64>,
+        options: &Bound<'_, PyDict>,
+        pool: &Bound<'_, PyDict>,
+        range: &Bound<'_, PyDict>,
+        sizes: Option<Vec<Option<u64>>>,
+        config: Option<&Bound<'_, Config>>,
+        token: Option<&Bound<'_, CancelToken>>,
+    ) -> PyResult<Self> {
+        let opts = loader_options(options)?;
+        let pool = pool_config(pool)?;
+        let range = range_config(range)?;
+        let source = Source::new(uris, sizes).map_err(to_pyerr)?;
+        if let Some(bad) = order.iter().find(|&&i| i >= source.len() as u64) {
+            return Err(invalid_config(format!("index {bad} is out of range for {} objects", source.len())));
+        }
+        let ctx = context().map_err(to_pyerr)?;
+        let parent = token.map(|t| t.get().token.clone());
+        let loader = BatchLoader::start(
+            ctx,
+            Arc::new(source),
+            order,
+            &opts,
+            &pool,
+            &range,
+            &resolve(config),
+            parent.as_ref(),
+        );
+        Ok(BatchStream { loader: Some(loader), timeout: opts.timeout })
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The next batch as `(positions, indices, buffers)`; raises the batch's error (naming its URI,
+    /// with `.indices` and `.positions` set) when one of its objects failed; StopIteration at the end.
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        let Some(mut loader) = self.loader.take() else { return Ok(None) };
+        let token = loader.token().clone();
+        let timeout = self.timeout;
+        // The loader travels into the wait and comes back with the batch (a Ctrl-C drops it,
+        // which cancels it).
+        let (loader, next) = wait_with(py, Some(&token), async move {
+            let next = match timeout {
+                None => loader.next().await,
+                Some(t) => match tokio::time::timeout(t, loader.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        loader.close().await;
+                        let msg = format!("no batch arrived within timeout={t:?}");
+                        return Err(Error::new(ErrorKind::Timeout, None, msg));
+                    }
+                },
+            };
+            Ok((loader, next))
+        })?;
+        match next {
+            None => {
+                self.loader = Some(loader);
+                Ok(None)
+            }
+            Some(Ok(batch)) => {
+                self.loader = Some(loader);
+                let buffers: Vec<Buffer> = batch.data.into_iter().map(Buffer::new).collect();
+                Ok(Some((batch.positions, batch.indices, buffers).into_pyobject(py)?.unbind()))
+            }
+            Some(Err(failure)) => {
+                self.loader = Some(loader);
+                let err = to_pyerr(failure.error);
+                let value = err.value(py);
+                value.setattr("indices", failure.indices)?;
+                value.setattr("positions", failure.positions)?;
+                Err(err)
+            }
+        }
+    }
+
+    /// Cancel, then wait (interruptibly) until every task of the stream has ended. Idempotent.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Some(mut loader) = self.loader.take() {
+            loader.cancel();
+            wait_with(py, None, async move {
+                loader.close().await;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Cancel without waiting (safe from any thread).
+    fn cancel(&self) {
+        if let Some(l) = &self.loader {
+            l.cancel();
+        }
+    }
+
+    /// Tasks this stream has alive (0 after close or the end of the epoch).
+    fn live_tasks(&self) -> usize {
+        self.loader.as_ref().map_or(0, BatchLoader::live_tasks)
+    }
+
+    /// `(requests_started, requests_finished, bytes)` so far.
+    fn stats(&self) -> (u64, u64, u64) {
+        self.loader.as_ref().map_or((0, 0, 0), |l| {
+            let s = l.stats();
+            (s.started(), s.finished(), s.bytes())
+        })
+    }
+}
