@@ -15,18 +15,28 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from . import _core, exceptions
-from ._core import Buffer, ListIter, ObjectInfo, live_tasks
+from ._core import Buffer, CancelToken, ListIter, ObjectInfo, live_tasks
 from .config import StorageConfig
+from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer as BufferLike
+
+    from .data import DataLoader, ObjectDataset, ObjectIterableDataset
 
 __version__ = _core.__version__
 
 __all__ = [
     "Buffer",
+    "CancelToken",
+    "DataLoader",
     "ListIter",
+    "LoaderOptions",
+    "ObjectDataset",
     "ObjectInfo",
+    "ObjectIterableDataset",
+    "PoolConfig",
+    "RangeEngineConfig",
     "StorageConfig",
     "__version__",
     "create_bucket",
@@ -61,6 +71,18 @@ __all__ = [
 ]
 
 _list = list  # the builtin, shadowed below by s3dlio.list
+
+_LAZY = {"DataLoader", "ObjectDataset", "ObjectIterableDataset"}
+
+
+def __getattr__(name: str) -> object:
+    # The data module imports torch when it is installed; load it only when it is used, so
+    # `import s3dlio` stays numpy-only and fast.
+    if name in _LAZY:
+        from . import data
+
+        return getattr(data, name)
+    raise AttributeError(f"module 's3dlio' has no attribute {name!r}")
 
 
 def _native(config: StorageConfig | None) -> _core.Config | None:

@@ -102,6 +102,58 @@ def upload_async(local_dir: str, uri: str, config: Config | None = None) -> Awai
 def download_async(uri: str, local_dir: str, config: Config | None = None) -> Awaitable[int]: ...
 def create_bucket_async(uri: str, config: Config | None = None) -> Awaitable[None]: ...
 def delete_bucket_async(uri: str, config: Config | None = None) -> Awaitable[None]: ...
+
+@final
+class CancelToken:
+    """A cancellation token shared between loaders; cancelling it stops every loader made with it."""
+
+    def __new__(cls) -> CancelToken: ...
+    def cancel(self) -> None: ...
+    @property
+    def cancelled(self) -> bool: ...
+    def child(self) -> CancelToken:
+        """A token cancelled with this one (but cancellable on its own)."""
+
+@final
+class BatchStream:
+    """One epoch of batches from the Rust pool: ``(positions, indices, buffers)`` per batch."""
+
+    def __new__(
+        cls,
+        uris: Sequence[str],
+        order: Sequence[int],
+        options: dict[str, Any],
+        pool: dict[str, Any],
+        range_engine: dict[str, Any],
+        sizes: Sequence[int | None] | None = None,
+        config: Config | None = None,
+        token: CancelToken | None = None,
+    ) -> BatchStream: ...
+    def __iter__(self) -> BatchStream: ...
+    def __next__(self) -> tuple[builtins.list[int], builtins.list[int], builtins.list[Buffer]]: ...
+    def close(self) -> None:
+        """Cancel, then wait until every task of the stream has ended. Idempotent."""
+    def cancel(self) -> None:
+        """Cancel without waiting."""
+    def live_tasks(self) -> int: ...
+    def stats(self) -> tuple[int, int, int]:
+        """(requests_started, requests_finished, bytes) so far."""
+
+def validate_loader_options(options: dict[str, Any]) -> None: ...
+def validate_pool_config(pool: dict[str, Any]) -> None: ...
+def validate_range_config(range_engine: dict[str, Any]) -> None: ...
+def pool_from_loader_options(options: dict[str, Any]) -> dict[str, Any]: ...
+def epoch_indices(
+    n: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    worker: int = 0,
+    num_workers: int = 1,
+    even: str = "pad",
+) -> builtins.list[int]: ...
 def live_tasks() -> int:
     """Number of tasks s3dlio has running in this process right now (0 when idle)."""
 

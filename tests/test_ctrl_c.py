@@ -61,7 +61,8 @@ def run_and_interrupt(proxy: FaultProxy, op: str, uri: str) -> dict[str, str]:
     env = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint)
     env.pop("AWS_ENDPOINT_URL_S3", None)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, op, uri],
+        # -P: import the installed s3dlio, not the source tree in the working directory.
+        [sys.executable, "-P", "-c", CHILD, op, uri],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

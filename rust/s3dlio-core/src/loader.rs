@@ -30,7 +30,7 @@ use crate::s3::S3Store;
 use crate::store;
 use crate::uri::Location;
 
-/// Spawn `producer` on `ctx`, tracked by `tracker`, feeding a channel of capacity `cap`. The
+/// Spawn `producer` on `ctx`, tracked by `tracker` (and by `ctx`), feeding a channel of capacity `cap`. The
 /// producer gets the sender; it should stop when `send` fails (receiver gone). When `token` is
 /// cancelled the producer future is dropped at once, which closes the channel.
 pub fn spawn_prefetch<T, F, Fut>(
@@ -47,16 +47,15 @@ where
 {
     let (tx, rx) = mpsc::channel(cap.max(1));
     let work = producer(tx);
-    drop(tracker.spawn_on(
-        async move {
-            tokio::select! {
-                biased;
-                () = token.cancelled() => {}
-                () = work => {}
-            }
-        },
-        ctx.runtime().handle(),
-    ));
+    // Tracked twice: by the loader's tracker (its own live count, joined by close) and by the
+    // process context (s3dlio.live_tasks()).
+    drop(ctx.spawn(tracker.track_future(async move {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => {}
+            () = work => {}
+        }
+    })));
     rx
 }
 
@@ -218,6 +217,9 @@ impl BatchLoader {
         let (cfg, range, request_timeout) = (cfg.clone(), range.clone(), pool.request_timeout);
         let stats = Arc::new(LoaderStats::default());
         let fetch_stats = Arc::clone(&stats);
+        // The producer also watches the token itself: a producer whose requests and sends are all
+        // ready can loop many times within one poll, never returning to spawn_prefetch's select.
+        let stop = token.clone();
         let rx = spawn_prefetch(ctx, &tracker, pool.readahead_batches, token.clone(), move |tx| async move {
             let s3 = if needs_s3 {
                 match S3Store::new(&cfg).await {
@@ -233,7 +235,9 @@ impl BatchLoader {
                 None
             };
             let fetcher = Arc::new(Fetcher { source, s3, cfg, range, request_timeout, stats: fetch_stats });
-            let requests = futures::stream::iter(order.into_iter().enumerate()).map(move |(pos, idx)| {
+            // take_until: once cancelled, not one more request starts.
+            let order = futures::stream::iter(order.into_iter().enumerate()).take_until(stop.clone().cancelled_owned());
+            let requests = order.map(move |(pos, idx)| {
                 let f = Arc::clone(&fetcher);
                 async move { (pos, idx, f.fetch(idx).await) }
             });
@@ -259,13 +263,13 @@ impl BatchLoader {
                         }
                     }
                 }
-                let (msg, stop) = match error {
+                let (msg, halt) = match error {
                     None => (Ok(Batch { positions, indices, data }), false),
                     Some(error) => {
                         (Err(BatchFailure { positions, indices, error }), on_error == OnError::Raise)
                     }
                 };
-                if tx.send(msg).await.is_err() || stop {
+                if stop.is_cancelled() || tx.send(msg).await.is_err() || halt {
                     break;
                 }
             }

@@ -166,8 +166,8 @@ pub fn validate_pool_config(pool: &Bound<'_, PyDict>) -> PyResult<()> {
 
 /// Validate RangeEngineConfig fields (a dict); `range_timeout` None means "no deadline".
 #[pyfunction]
-pub fn validate_range_config(range: &Bound<'_, PyDict>) -> PyResult<()> {
-    range_config(range).map(|_| ())
+pub fn validate_range_config(range_engine: &Bound<'_, PyDict>) -> PyResult<()> {
+    range_config(range_engine).map(|_| ())
 }
 
 /// The PoolConfig fields derived from LoaderOptions fields.
@@ -256,21 +256,21 @@ pub struct BatchStream {
 #[pymethods]
 impl BatchStream {
     #[new]
-    #[pyo3(signature = (uris, order, options, pool, range, sizes=None, config=None, token=None))]
+    #[pyo3(signature = (uris, order, options, pool, range_engine, sizes=None, config=None, token=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         uris: Vec<String>,
         order: Vec<u64>,
         options: &Bound<'_, PyDict>,
         pool: &Bound<'_, PyDict>,
-        range: &Bound<'_, PyDict>,
+        range_engine: &Bound<'_, PyDict>,
         sizes: Option<Vec<Option<u64>>>,
         config: Option<&Bound<'_, Config>>,
         token: Option<&Bound<'_, CancelToken>>,
     ) -> PyResult<Self> {
         let opts = loader_options(options)?;
         let pool = pool_config(pool)?;
-        let range = range_config(range)?;
+        let range = range_config(range_engine)?;
         let source = Source::new(uris, sizes).map_err(to_pyerr)?;
         if let Some(bad) = order.iter().find(|&&i| i >= source.len() as u64) {
             return Err(invalid_config(format!("index {bad} is out of range for {} objects", source.len())));
