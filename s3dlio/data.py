@@ -686,8 +686,13 @@ class _EpochIterator(Generic[T]):
         self.close()
 
     def __del__(self) -> None:
+        # Losing the last reference (an early `break`) releases everything, as close() does: the
+        # join is brief because cancellation drops the requests in flight at once.
         with contextlib.suppress(Exception):  # interpreter shutdown: best effort
-            self.cancel()
+            if sys.is_finalizing():
+                self.cancel()
+            else:
+                self.close()
 
 
 def _pin(batch: Any) -> Any:
