@@ -236,7 +236,8 @@ impl BatchLoader {
             };
             let fetcher = Arc::new(Fetcher { source, s3, cfg, range, request_timeout, stats: fetch_stats });
             // take_until: once cancelled, not one more request starts.
-            let order = futures::stream::iter(order.into_iter().enumerate()).take_until(stop.clone().cancelled_owned());
+            let order = futures::stream::iter(order.into_iter().enumerate())
+                .take_until(stop.clone().cancelled_owned());
             let requests = order.map(move |(pos, idx)| {
                 let f = Arc::clone(&fetcher);
                 async move { (pos, idx, f.fetch(idx).await) }
