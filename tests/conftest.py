@@ -23,6 +23,11 @@ from faultproxy import FaultProxy  # noqa: E402
 from helpers import accepts_o_direct, fresh_bucket, fs_type  # noqa: E402
 from s3dlio.testing import LocalS3Server  # noqa: E402
 
+# Child processes (`python -P -c ...`, spawn/forkserver workers) import the same s3dlio as this
+# process: the installed package in CI, the checkout when running from a source tree.
+_S3DLIO_HOME = str(Path(s3dlio.__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_S3DLIO_HOME, os.environ.get("PYTHONPATH")) if p)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still in the default run)")

@@ -41,6 +41,9 @@ pub fn context() -> Result<&'static Context> {
         }
         // Built by our parent before fork(): leak it (the `&'static` is simply forgotten).
     }
+    if current.is_none() {
+        tune_allocator(); // once per process image (a forked child inherits the setting)
+    }
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -56,6 +59,32 @@ pub fn context() -> Result<&'static Context> {
     }));
     *current = Some(ctx);
     Ok(ctx)
+}
+
+/// Default for `S3DLIO_MALLOC_MMAP_THRESHOLD`: allocations of at least 1 MiB are served by mmap.
+const MMAP_THRESHOLD: usize = 1024 * 1024;
+
+/// Make glibc serve large allocations (object buffers) with mmap, so a freed buffer goes back to
+/// the OS at once. By default glibc raises its mmap threshold after the first large free, and then
+/// keeps freed object buffers in per-thread arenas: a loader's RSS creeps far above the bytes it
+/// actually holds. `S3DLIO_MALLOC_MMAP_THRESHOLD=<bytes>` changes the threshold; `0` leaves glibc's
+/// own (dynamic) behaviour alone.
+fn tune_allocator() {
+    let threshold = std::env::var("S3DLIO_MALLOC_MMAP_THRESHOLD")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(MMAP_THRESHOLD);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if threshold > 0 {
+        if let Ok(t) = libc::c_int::try_from(threshold) {
+            // SAFETY: mallopt only adjusts allocator parameters; it is safe to call at any time.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, t);
+            }
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = threshold;
 }
 
 impl Context {
