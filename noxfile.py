@@ -140,7 +140,8 @@ def ci(session: nox.Session) -> None:
         with _step(timings, "cargo clippy"):
             _clippy(session)
         with _step(timings, "build + install (dev profile)"):
-            _install(session, "test,lint")
+            # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests.
+            _install(session, "test,lint,torch")
         with _step(timings, "mypy + stubtest"):
             _mypy(session)
         with _step(timings, "cargo test -p s3dlio-core"):

@@ -26,7 +26,11 @@ from s3dlio.testing import LocalS3Server  # noqa: E402
 # Child processes (`python -P -c ...`, spawn/forkserver workers) import the same s3dlio as this
 # process: the installed package in CI, the checkout when running from a source tree.
 _S3DLIO_HOME = str(Path(s3dlio.__file__).resolve().parents[1])
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_S3DLIO_HOME, os.environ.get("PYTHONPATH")) if p)
+# tests/ too, so spawned workers can unpickle transforms defined in tests/helpers.py.
+_TESTS = str(Path(__file__).resolve().parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_S3DLIO_HOME, _TESTS, os.environ.get("PYTHONPATH")) if p
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -73,3 +73,23 @@ def wait_until(pred: Callable[[], bool], timeout: float = 2.0, step: float = 0.0
         if time.monotonic() >= deadline:
             return bool(pred())
         time.sleep(step)
+
+
+def indexed_payload(i: int, size: int = 64) -> bytes:
+    """Object content that encodes its index: 8 little-endian bytes, then padding."""
+    return i.to_bytes(8, "little") + bytes([i % 251]) * (size - 8)
+
+
+def write_indexed(prefix: str, n: int, size: int = 64) -> list[str]:
+    """Write objects 00000..n-1 under ``prefix`` (any scheme), each encoding its index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uris = [f"{prefix}{i:05d}.bin" for i in range(n)]
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(lambda iu: s3dlio.put(iu[1], indexed_payload(iu[0], size)), enumerate(uris)))
+    return uris
+
+
+def index_of(buf: s3dlio.Buffer) -> int:
+    """The index encoded by :func:`indexed_payload` (a picklable transform for worker processes)."""
+    return int.from_bytes(bytes(memoryview(buf)[:8]), "little")
