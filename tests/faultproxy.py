@@ -168,6 +168,11 @@ class FaultProxy:
         self._socks: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self.requests_seen = 0
+        #: (method, path, Range header) of every request, in arrival order.
+        self.request_log: list[tuple[str, str, str | None]] = []
+        #: Most requests that were waiting for / receiving a response at the same time.
+        self.max_in_flight = 0
+        self._in_flight = 0
         self.faults_injected = 0
         self.connections_seen = 0
         self.set_mode(mode, **kw)  # type: ignore[arg-type]
@@ -296,6 +301,7 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        in_flight = False
         try:
             first = self._fault_for(None)
             if first == "reset":
@@ -308,8 +314,12 @@ class FaultProxy:
                     request_line, headers, raw_head = rd.head()
                 except (_Closed, OSError):
                     return
+                parts = request_line.decode("latin-1").split(" ")
                 with self._lock:
                     self.requests_seen += 1
+                    self.request_log.append(
+                        (parts[0], parts[1] if len(parts) > 1 else "", _header(headers, "range"))
+                    )
                 method = request_line.split(b" ", 1)[0]
                 expect = (_header(headers, "expect") or "").lower() == "100-continue"
                 if expect:  # answer 100 ourselves; the upstream never sees Expect
@@ -343,6 +353,10 @@ class FaultProxy:
                     upstream.settimeout(None)
                     up_rd = _Reader(upstream)
                 assert up_rd is not None
+                with self._lock:
+                    self._in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self._in_flight)
+                in_flight = True
                 upstream.sendall(raw_head)
                 _copy_body(rd, headers, upstream.sendall)
                 # Relay the response (skipping any interim 1xx the upstream sends).
@@ -380,12 +394,18 @@ class FaultProxy:
                 complete = True
                 if _response_has_body(method, status):
                     complete = _copy_body(up_rd, rheaders, client.sendall, until_close=True)
+                with self._lock:
+                    self._in_flight -= 1
+                in_flight = False
                 conn_hdr = (_header(rheaders, "connection") or "").lower()
                 if not complete or conn_hdr == "close":
                     return
         except (_Closed, OSError, ValueError, IndexError):
             return
         finally:
+            if in_flight:
+                with self._lock:
+                    self._in_flight -= 1
             if upstream is not None:
                 self._kill(upstream)
             self._kill(client)
