@@ -108,7 +108,10 @@ def _mypy(session: nox.Session) -> None:
     session.run("mypy")  # files and strictness from [tool.mypy]
     # -P: import the installed package (with its compiled _core), not the source tree in the cwd.
     allowlist = ROOT / "stubtest-allowlist.txt"
-    session.run("python", "-P", "-m", "mypy.stubtest", "s3dlio._core", "--allowlist", str(allowlist))
+    session.run(
+        "python", "-P", "-m", "mypy.stubtest", "s3dlio._core", "--allowlist", str(allowlist),
+        "--mypy-config-file", str(ROOT / "pyproject.toml"),
+    )  # fmt: skip
 
 
 def _cargo_test(session: nox.Session) -> None:
