@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _core
 from .config import StorageConfig
-from .exceptions import InvalidConfigError
+from .exceptions import CancelledError, InvalidConfigError
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
@@ -487,6 +487,11 @@ class DataLoader(Generic[T]):
     def __iter__(self) -> _EpochIterator[T]:
         if self._closed:
             raise InvalidConfigError("this DataLoader was closed")
+        if self.cancel_token.cancelled:
+            raise CancelledError(
+                "this DataLoader's cancel_token was cancelled (Ctrl-C, close() or token.cancel()); "
+                "make a new DataLoader (load_state_dict resumes where it stopped)"
+            )
         previous = self._active() if self._active else None
         if previous is not None:
             previous.close()
@@ -568,7 +573,9 @@ class DataLoader(Generic[T]):
         return 0 if active is None else active.live_tasks()
 
     def close(self) -> None:
-        """Cancel the loader's token, wait for its tasks to end, stop its worker threads. Idempotent."""
+        """Cancel the loader's token (and so every loader sharing it), wait for its tasks to end,
+        stop its worker threads. Idempotent."""
+        self.cancel_token.cancel()
         active = self._active() if self._active else None
         if active is not None:
             active.close()
@@ -651,6 +658,12 @@ class _EpochIterator(Generic[T]):
                     return self._finish()
                 positions, fut = self._pending.popleft()
                 batch = fut.result()
+        except KeyboardInterrupt:
+            # Ctrl-C stops the loader, not just this epoch: its root token (shared with any other
+            # loader made with the same cancel_token) is cancelled and every task joined.
+            self.loader.cancel_token.cancel()
+            self.close()
+            raise
         except BaseException:
             self.cancel()
             raise
