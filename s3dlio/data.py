@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _core
 from .config import StorageConfig
-from .exceptions import CancelledError, InvalidConfigError
+from .exceptions import CancelledError, InvalidConfigError, S3dlioError
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
@@ -612,13 +612,18 @@ class _EpochIterator(Generic[T]):
         remaining = [p for p in range(progress.prefix, len(order)) if p not in progress.extra]
         self._positions = remaining  # stream position -> epoch position
         ds = loader.dataset
+        self._workers = loader._workers()
+        # The read-ahead window (pool.readahead_batches) is shared between batches waiting in the
+        # Rust channel and batches being transformed/collated by worker threads, so the bytes held
+        # stay within (readahead_batches + 2) x batch_size + pool_size objects with any num_workers.
+        readahead = loader.pool.readahead_batches
+        self._window = 0 if self._workers is None else max(1, min(o.num_workers, readahead - 1))
+        pool = dict(loader.pool.to_dict(), readahead_batches=max(1, readahead - self._window))
         self._stream = _core.BatchStream(
-            ds.uris, [order[p] for p in remaining], o.to_dict(), loader.pool.to_dict(),
+            ds.uris, [order[p] for p in remaining], o.to_dict(), pool,
             loader.range_engine.to_dict(), ds.sizes, _native(ds.config), loader.cancel_token,
         )  # fmt: skip
-        self._workers = loader._workers()
         self._pending: collections.deque[tuple[list[int], Future[Any]]] = collections.deque()
-        self._window = o.readahead_batches
         self._exhausted = False
         self._lock = threading.Lock()
 
@@ -658,6 +663,10 @@ class _EpochIterator(Generic[T]):
                     return self._finish()
                 positions, fut = self._pending.popleft()
                 batch = fut.result()
+        except S3dlioError:
+            # A failed batch (its error names the URI): the Rust stream itself ends the epoch
+            # (on_error="raise") or goes on (on_error="continue"); nothing to cancel here.
+            raise
         except KeyboardInterrupt:
             # Ctrl-C stops the loader, not just this epoch: its root token (shared with any other
             # loader made with the same cancel_token) is cancelled and every task joined.

@@ -304,6 +304,12 @@ impl BatchLoader {
         self.tracker.len()
     }
 
+    /// A handle on the loader's tasks that outlives a borrow of the loader: `len()` counts them,
+    /// `wait()` resolves once they have all ended.
+    pub fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
+    }
+
     /// Cancel and wait until every task the loader spawned has ended. Idempotent.
     pub async fn close(&mut self) {
         self.token.cancel();

@@ -8,6 +8,8 @@ mod errors;
 mod loader;
 mod wait;
 
+use std::sync::{Mutex, MutexGuard};
+
 use bytes::Bytes;
 use futures::StreamExt;
 use pyo3::prelude::*;
@@ -20,7 +22,7 @@ use crate::asyncio::future;
 use crate::buffer::{bytes_from_py, Buffer};
 use crate::config::{resolve, Config};
 use crate::errors::to_pyerr;
-use crate::wait::wait;
+use crate::wait::{wait, wait_with};
 
 /// One object (or, in a one-level listing, a common prefix with `is_dir`).
 #[pyclass(frozen, module = "s3dlio._core", name = "ObjectInfo", eq, hash)]
@@ -131,12 +133,21 @@ twin!(create_bucket, create_bucket_async, (uri: String), [uri, config=None], (),
 twin!(delete_bucket, delete_bucket_async, (uri: String), [uri, config=None], (),
     |cfg| store::delete_bucket(&uri, &cfg).await);
 
-/// Streams a listing from a background task, one page ahead of the consumer.
-#[pyclass(module = "s3dlio._core", name = "ListIter")]
+/// Streams a listing from a background task, one page ahead of the consumer. Frozen, with its
+/// state behind a mutex held only between waits, so `close()` works from any thread.
+#[pyclass(frozen, module = "s3dlio._core", name = "ListIter")]
 struct ListIter {
+    state: Mutex<ListState>,
+    token: CancellationToken,
+}
+
+struct ListState {
     rx: Option<mpsc::Receiver<Result<ListPage>>>,
     page: std::vec::IntoIter<s3dlio_core::ObjectInfo>,
-    token: CancellationToken,
+}
+
+fn lock(m: &Mutex<ListState>) -> MutexGuard<'_, ListState> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[pymethods]
@@ -145,16 +156,20 @@ impl ListIter {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<ObjectInfo>> {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<ObjectInfo>> {
         loop {
-            if let Some(item) = self.page.next() {
-                return Ok(Some(item.into()));
-            }
-            let Some(mut rx) = self.rx.take() else {
-                return Ok(None);
+            let mut rx = {
+                let mut st = lock(&self.state);
+                if let Some(item) = st.page.next() {
+                    return Ok(Some(item.into()));
+                }
+                match st.rx.take() {
+                    Some(rx) => rx,
+                    None => return Ok(None),
+                }
             };
             // The receiver travels into the wait and comes back with the next page.
-            let (rx, next) = wait(py, async move {
+            let (rx, next) = wait_with(py, Some(&self.token), async move {
                 let next = rx.recv().await;
                 Ok((rx, next))
             })?;
@@ -162,18 +177,23 @@ impl ListIter {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(to_pyerr(e)),
                 Some(Ok(page)) => {
-                    self.rx = Some(rx);
-                    self.page = page.into_iter();
+                    let mut st = lock(&self.state);
+                    if self.token.is_cancelled() {
+                        return Ok(None); // closed meanwhile
+                    }
+                    st.rx = Some(rx);
+                    st.page = page.into_iter();
                 }
             }
         }
     }
 
     /// Stop the listing task now (idempotent).
-    fn close(&mut self) {
+    fn close(&self) {
         self.token.cancel();
-        self.rx = None;
-        self.page = Vec::new().into_iter();
+        let mut st = lock(&self.state);
+        st.rx = None;
+        st.page = Vec::new().into_iter();
     }
 }
 
@@ -218,7 +238,7 @@ fn list_iter(
             () = work => {}
         }
     }));
-    Ok(ListIter { rx: Some(rx), page: Vec::new().into_iter(), token })
+    Ok(ListIter { state: Mutex::new(ListState { rx: Some(rx), page: Vec::new().into_iter() }), token })
 }
 
 /// Number of tasks s3dlio has running in this process right now (0 when idle).

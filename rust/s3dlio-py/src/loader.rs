@@ -1,16 +1,19 @@
 //! Loader glue: option dicts <-> core structs, the deterministic sampler, the shared cancellation
 //! token, and `BatchStream`, which hands Python one whole batch per call.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyTuple};
-use s3dlio_core::loader::{BatchLoader, Source};
+use s3dlio_core::loader::{Batch, BatchFailure, BatchLoader, LoaderStats, Source};
 use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
 use s3dlio_core::runtime::context;
 use s3dlio_core::sampler::{self, Evenness};
 use s3dlio_core::{CancellationToken, Error, ErrorKind};
+use tokio_util::task::TaskTracker;
 
 use crate::buffer::Buffer;
 use crate::config::{resolve, Config};
@@ -247,10 +250,26 @@ impl CancelToken {
 
 /// One epoch of batches from the Rust pool. `next()` returns `(positions, indices, buffers)`:
 /// each sample's position in `order`, its dataset index, and its bytes.
-#[pyclass(module = "s3dlio._core", name = "BatchStream")]
+///
+/// Frozen: the loader sits in a mutex only while no `next()` is waiting on it, and the token, task
+/// tracker and counters live outside it, so `cancel()`, `close()`, `live_tasks()` and `stats()`
+/// work from any thread while another thread is blocked in `next()`.
+#[pyclass(frozen, module = "s3dlio._core", name = "BatchStream")]
 pub struct BatchStream {
-    loader: Option<BatchLoader>,
+    loader: Mutex<Option<BatchLoader>>,
+    /// Set once the stream is exhausted, failed for good, or closed.
+    done: AtomicBool,
+    token: CancellationToken,
+    tracker: TaskTracker,
+    stats: Arc<LoaderStats>,
     timeout: Option<Duration>,
+}
+
+enum Step {
+    Batch(Batch),
+    Failure(BatchFailure),
+    End,
+    TimedOut(Duration),
 }
 
 #[pymethods]
@@ -287,7 +306,14 @@ impl BatchStream {
             &resolve(config),
             parent.as_ref(),
         );
-        Ok(BatchStream { loader: Some(loader), timeout: opts.timeout })
+        Ok(BatchStream {
+            token: loader.token().clone(),
+            tracker: loader.tracker(),
+            stats: Arc::clone(loader.stats()),
+            loader: Mutex::new(Some(loader)),
+            done: AtomicBool::new(false),
+            timeout: opts.timeout,
+        })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -296,76 +322,96 @@ impl BatchStream {
 
     /// The next batch as `(positions, indices, buffers)`; raises the batch's error (naming its URI,
     /// with `.indices` and `.positions` set) when one of its objects failed; StopIteration at the end.
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
-        let Some(mut loader) = self.loader.take() else { return Ok(None) };
-        let token = loader.token().clone();
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        let taken = lock(&self.loader).take();
+        let Some(mut loader) = taken else {
+            if self.done.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            return Err(PyRuntimeError::new_err("BatchStream.next() is already running in another thread"));
+        };
         let timeout = self.timeout;
-        // The loader travels into the wait and comes back with the batch (a Ctrl-C drops it,
-        // which cancels it).
-        let (loader, next) = wait_with(py, Some(&token), async move {
+        // The loader travels into the wait and comes back with the batch; a Ctrl-C drops it (which
+        // cancels it). A timeout is reported as a step, so this wait's own token is not involved.
+        let waited = wait_with(py, Some(&self.token), async move {
             let next = match timeout {
                 None => loader.next().await,
                 Some(t) => match tokio::time::timeout(t, loader.next()).await {
                     Ok(n) => n,
-                    Err(_) => {
-                        loader.close().await;
-                        let msg = format!("no batch arrived within timeout={t:?}");
-                        return Err(Error::new(ErrorKind::Timeout, None, msg));
-                    }
+                    Err(_) => return Ok((loader, Step::TimedOut(t))),
                 },
             };
-            Ok((loader, next))
-        })?;
-        match next {
-            None => {
-                self.loader = Some(loader);
-                Ok(None)
+            let step = match next {
+                None => Step::End,
+                Some(Ok(b)) => Step::Batch(b),
+                Some(Err(f)) => Step::Failure(f),
+            };
+            Ok((loader, step))
+        });
+        let (loader, step) = match waited {
+            Ok(v) => v,
+            Err(e) => {
+                self.done.store(true, Ordering::Release);
+                return Err(e);
             }
-            Some(Ok(batch)) => {
-                self.loader = Some(loader);
+        };
+        match step {
+            Step::Batch(batch) => {
+                *lock(&self.loader) = Some(loader);
                 let buffers: Vec<Buffer> = batch.data.into_iter().map(Buffer::new).collect();
                 Ok(Some((batch.positions, batch.indices, buffers).into_pyobject(py)?.unbind()))
             }
-            Some(Err(failure)) => {
-                self.loader = Some(loader);
+            Step::Failure(failure) => {
+                *lock(&self.loader) = Some(loader);
                 let err = to_pyerr(failure.error);
                 let value = err.value(py);
                 value.setattr("indices", failure.indices)?;
                 value.setattr("positions", failure.positions)?;
                 Err(err)
             }
+            Step::End => {
+                self.done.store(true, Ordering::Release);
+                *lock(&self.loader) = Some(loader);
+                Ok(None)
+            }
+            Step::TimedOut(t) => {
+                self.done.store(true, Ordering::Release);
+                drop(loader); // cancels it
+                let msg = format!("no batch arrived within timeout={t:?}");
+                Err(to_pyerr(Error::new(ErrorKind::Timeout, None, msg)))
+            }
         }
     }
 
-    /// Cancel, then wait (interruptibly) until every task of the stream has ended. Idempotent.
-    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
-        if let Some(mut loader) = self.loader.take() {
-            loader.cancel();
-            wait_with(py, None, async move {
-                loader.close().await;
-                Ok(())
-            })?;
-        }
-        Ok(())
+    /// Cancel, then wait (interruptibly) until every task of the stream has ended. Idempotent, and
+    /// safe while another thread is blocked in `next()` (that call then ends).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.token.cancel();
+        self.done.store(true, Ordering::Release);
+        drop(lock(&self.loader).take());
+        let tracker = self.tracker.clone();
+        wait_with(py, None, async move {
+            tracker.wait().await;
+            Ok(())
+        })
     }
 
     /// Cancel without waiting (safe from any thread).
     fn cancel(&self) {
-        if let Some(l) = &self.loader {
-            l.cancel();
-        }
+        self.token.cancel();
     }
 
     /// Tasks this stream has alive (0 after close or the end of the epoch).
     fn live_tasks(&self) -> usize {
-        self.loader.as_ref().map_or(0, BatchLoader::live_tasks)
+        self.tracker.len()
     }
 
     /// `(requests_started, requests_finished, bytes)` so far.
     fn stats(&self) -> (u64, u64, u64) {
-        self.loader.as_ref().map_or((0, 0, 0), |l| {
-            let s = l.stats();
-            (s.started(), s.finished(), s.bytes())
-        })
+        (self.stats.started(), self.stats.finished(), self.stats.bytes())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
