@@ -93,3 +93,12 @@ def write_indexed(prefix: str, n: int, size: int = 64) -> list[str]:
 def index_of(buf: s3dlio.Buffer) -> int:
     """The index encoded by :func:`indexed_payload` (a picklable transform for worker processes)."""
     return int.from_bytes(bytes(memoryview(buf)[:8]), "little")
+
+
+def regression_sample(buf: s3dlio.Buffer) -> tuple[object, object]:
+    """(features, target) tensors from an object of 5 float32s (a picklable transform)."""
+    import numpy as np
+    import torch
+
+    v = np.frombuffer(buf, dtype=np.float32)
+    return torch.from_numpy(v[:4].copy()), torch.from_numpy(v[4:].copy())
