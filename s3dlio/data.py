@@ -362,8 +362,10 @@ class DataLoader(Generic[T]):
     Arguments have torch's names and meanings (see docs/configuration.md); torch arguments that
     mean nothing here raise :class:`~s3dlio.exceptions.InvalidConfigError` saying why. s3dlio
     additions: ``seed`` (the shuffle seed, identical on every rank; default 0), ``in_order``,
-    ``on_error``, ``even`` (rank sharding: "pad" or "drop"), ``pool``, ``range_engine`` and
-    ``cancel_token`` (a :class:`s3dlio.CancelToken` shared with other loaders).
+    ``on_error``, ``even`` (rank sharding: "pad" or "drop"), ``pool``, ``range_engine``,
+    ``cancel_token`` (a :class:`s3dlio.CancelToken` shared with other loaders) and
+    ``rank``/``world_size`` (explicit sharding, e.g. ``jax.process_index()``/``process_count()``;
+    by default from torch.distributed or ``RANK``/``WORLD_SIZE``).
 
     ``state_dict()`` / ``load_state_dict()`` follow torchdata's StatefulDataLoader: a state taken
     mid-epoch resumes exactly after the last batch yielded, whatever ``num_workers`` is then.
@@ -398,6 +400,8 @@ class DataLoader(Generic[T]):
         pool: PoolConfig | None = None,
         range_engine: RangeEngineConfig | None = None,
         cancel_token: _core.CancelToken | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         given = {"sampler": sampler, "batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn}
         given["multiprocessing_context"] = multiprocessing_context
@@ -442,6 +446,11 @@ class DataLoader(Generic[T]):
         self.range_engine = range_engine or RangeEngineConfig()
         self.collate_fn: Callable[[list[Any]], Any] = collate_fn or default_collate
         self.even = even
+        if (rank is None) != (world_size is None):
+            raise InvalidConfigError("pass rank= and world_size= together (or neither)")
+        if world_size is not None and (world_size < 1 or rank is None or not 0 <= rank < world_size):
+            raise InvalidConfigError(f"rank={rank} is not inside world_size={world_size}")
+        self._shard = None if rank is None or world_size is None else (int(rank), int(world_size))
         self.cancel_token = cancel_token or _core.CancelToken()
         self._epoch = 0
         self._resume: tuple[int, _Progress] | None = None
@@ -472,13 +481,18 @@ class DataLoader(Generic[T]):
         self._epoch = int(epoch)
         self._resume = None
 
+    def shard(self) -> tuple[int, int]:
+        """(rank, world_size) this loader reads for: as given, else from torch.distributed or the
+        RANK / WORLD_SIZE environment variables, else (0, 1)."""
+        return self._shard if self._shard is not None else distributed_info()
+
     def _order(self, epoch: int) -> list[int]:
-        rank, world = distributed_info()
+        rank, world = self.shard()
         o = self.options
         return _core.epoch_indices(len(self.dataset), o.seed, epoch, o.shuffle, rank, world, 0, 1, self.even)
 
     def __len__(self) -> int:
-        _rank, world = distributed_info()
+        _rank, world = self.shard()
         n = len(self.dataset)
         share = -(-n // world) if self.even == "pad" else n // world
         bs = self.options.batch_size
@@ -529,7 +543,7 @@ class DataLoader(Generic[T]):
             "seed": self.options.seed,
             "shuffle": self.options.shuffle,
             "dataset_len": len(self.dataset),
-            "world_size": distributed_info()[1],
+            "world_size": self.shard()[1],
             "even": self.even,
             "epoch": epoch,
             "samples_yielded": progress.prefix,

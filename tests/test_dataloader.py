@@ -743,6 +743,22 @@ def test_rank_shares_of_an_iterable_dataset(prefix: str, monkeypatch: pytest.Mon
     _check_shares(shares, n, 5, even)
 
 
+def test_explicit_rank_and_world_size(file_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rank=/world_size= (e.g. from jax.process_index()) override the environment: the shares are
+    those the environment would give for the same rank and world, and bad values are refused."""
+    n = N - 1
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    shares = [
+        flat(DataLoader(indexed(file_prefix, n), batch_size=7, shuffle=True, seed=5, rank=r, world_size=3))
+        for r in range(3)
+    ]
+    _check_shares(shares, n, 5, "pad")
+    for bad in ({"rank": 3, "world_size": 3}, {"rank": 0}, {"world_size": 2}, {"rank": -1, "world_size": 2}):
+        with pytest.raises(exc.InvalidConfigError):
+            DataLoader(indexed(file_prefix), batch_size=8, **bad)  # type: ignore[arg-type]
+
+
 def test_bad_rank_is_refused(file_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """RANK outside WORLD_SIZE (or not a number) raises InvalidConfigError, not a wrong share."""
     monkeypatch.setenv("RANK", "3")
