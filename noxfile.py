@@ -6,6 +6,7 @@
     nox -s typecheck   mypy on s3dlio/ and mypy.stubtest on the extension's stub
     nox -s rust        cargo test -p s3dlio-core
     nox -s tests       pytest (arguments after `--` go to pytest: nox -s tests -- -k delete -x)
+    nox -s notebooks   execute notebooks/*.ipynb against a local S3 server
     nox -s docs        mkdocs build --strict (docs/ links and pages)
 
 Test builds use the `dev` Cargo profile (our crates unoptimised, dependencies at opt-level 2; see
@@ -144,13 +145,15 @@ def ci(session: nox.Session) -> None:
             _clippy(session)
         with _step(timings, "build + install (dev profile)"):
             # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests.
-            _install(session, "test,lint,torch")
+            _install(session, "test,lint,torch,notebooks")
         with _step(timings, "mypy + stubtest"):
             _mypy(session)
         with _step(timings, "cargo test -p s3dlio-core"):
             _cargo_test(session)
         with _step(timings, "pytest"):
             _pytest(session)
+        with _step(timings, "notebooks"):
+            _notebooks(session)
     finally:
         _report(session, timings)
 
@@ -201,6 +204,18 @@ def demo(session: nox.Session) -> None:
     session.run(
         "python", "-P", "-m", "s3dlio.demo", *args, env={"S3DLIO_BUILD": "release" if release else "dev"}
     )
+
+
+def _notebooks(session: nox.Session, *names: str) -> None:
+    # -P: the installed s3dlio; run.py starts the local S3 server and runs the notebooks.
+    session.run("python", "-P", str(ROOT / "notebooks" / "run.py"), *names)
+
+
+@nox.session(python=PYTHON)
+def notebooks(session: nox.Session) -> None:
+    """Execute every notebook in notebooks/ against a local S3 server (outputs are not saved)."""
+    _install(session, "torch,notebooks")
+    _notebooks(session, *session.posargs)  # nox -s notebooks -- quickstart.ipynb
 
 
 @nox.session(python=PYTHON)
