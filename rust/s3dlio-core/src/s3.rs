@@ -201,20 +201,8 @@ impl S3Store {
         let read_timeout = self.cfg.read_timeout;
         let failed =
             |kind: ErrorKind, msg: String, retryable: bool| (Error::new(kind, Some(&uri), msg), retryable);
-        loop {
-            // The SDK's read timeout covers the wait for headers; this one covers a stalled body.
-            let next = tokio::time::timeout(read_timeout, body.next()).await.map_err(|_| {
-                failed(
-                    ErrorKind::Timeout,
-                    format!("no data for {read_timeout:?} while reading the body"),
-                    true,
-                )
-            })?;
-            match next {
-                None => break,
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(failed(ErrorKind::Io, crate::error::chain(&e), true)),
-            }
+        while let Some(chunk) = next_chunk(&mut body, read_timeout, &uri).await? {
+            buf.extend_from_slice(&chunk);
         }
         if let Some(n) = expected {
             if buf.len() != n {
@@ -297,29 +285,15 @@ impl S3Store {
         let read_timeout = self.cfg.read_timeout;
         let mut body = resp.body;
         let mut filled = 0usize;
-        loop {
-            let next = tokio::time::timeout(read_timeout, body.next()).await.map_err(|_| {
-                failed(
-                    ErrorKind::Timeout,
-                    format!("no data for {read_timeout:?} while reading a range"),
-                    true,
-                )
-            })?;
-            match next {
-                None => break,
-                Some(Ok(chunk)) => {
-                    let end = filled + chunk.len();
-                    if end > dst.len() {
-                        let msg =
-                            format!("server sent more than the {len} bytes asked for at offset {offset}");
-                        return Err(failed(ErrorKind::Io, msg, false));
-                    }
-                    // The one honest copy: network chunk into its offset of the final buffer.
-                    dst[filled..end].copy_from_slice(&chunk);
-                    filled = end;
-                }
-                Some(Err(e)) => return Err(failed(ErrorKind::Io, crate::error::chain(&e), true)),
+        while let Some(chunk) = next_chunk(&mut body, read_timeout, &uri).await? {
+            let end = filled + chunk.len();
+            if end > dst.len() {
+                let msg = format!("server sent more than the {len} bytes asked for at offset {offset}");
+                return Err(failed(ErrorKind::Io, msg, false));
             }
+            // The one honest copy: network chunk into its offset of the final buffer.
+            dst[filled..end].copy_from_slice(&chunk);
+            filled = end;
         }
         if filled != dst.len() {
             let msg = format!("range at offset {offset} returned {filled} of {len} bytes");
@@ -537,6 +511,24 @@ impl S3Store {
         let uri = format!("s3://{bucket}");
         self.client.delete_bucket().bucket(bucket).send().await.map_err(|e| map_sdk_err(e, &uri))?;
         Ok(())
+    }
+}
+
+/// The next chunk of a response body. The SDK's read timeout covers the wait for the headers; this
+/// one covers a body that stalls. Failures here are retryable (the request can be sent again).
+async fn next_chunk(
+    body: &mut ByteStream,
+    read_timeout: Duration,
+    uri: &str,
+) -> std::result::Result<Option<Bytes>, (Error, bool)> {
+    match tokio::time::timeout(read_timeout, body.next()).await {
+        Err(_) => {
+            let msg = format!("no data for {read_timeout:?} while reading the response body");
+            Err((Error::new(ErrorKind::Timeout, Some(uri), msg), true))
+        }
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err((Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e)), true)),
     }
 }
 
