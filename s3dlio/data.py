@@ -513,7 +513,9 @@ class DataLoader(Generic[T]):
             epoch, progress = self._resume
             self._resume = None
             order = self._order(epoch)
-            if progress.count() >= len(order):  # saved at the very end of an epoch: next epoch
+            bs = self.options.batch_size
+            usable = len(order) // bs * bs if self.options.drop_last else len(order)
+            if progress.count() >= usable:  # saved at the very end of an epoch: next epoch
                 epoch, progress = epoch + 1, _Progress()
                 order = self._order(epoch)
         else:

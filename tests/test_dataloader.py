@@ -1086,3 +1086,18 @@ def test_close_from_another_thread_while_next_is_blocked(
     assert not consumer.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], exc.S3dlioError | StopIteration), outcome
     assert no_live_tasks(dl)
+
+
+def test_state_after_the_last_full_batch_resumes_at_the_next_epoch(file_prefix: str) -> None:
+    """drop_last=True: a state taken after an epoch's last full batch (the iterator still alive)
+    resumes at the start of the next epoch, not in the empty rest of the old one."""
+    ds = indexed(file_prefix, 10)
+    dl = DataLoader(ds, batch_size=4, drop_last=True, shuffle=True, seed=2)
+    it = iter(dl)
+    first = [next(it), next(it)]
+    assert len(first) == 2
+    state = dl.state_dict()
+    assert (state["epoch"], state["samples_yielded"]) == (0, 8)
+    resumed = DataLoader(indexed(file_prefix, 10), batch_size=4, drop_last=True, shuffle=True, seed=2)
+    resumed.load_state_dict(state)
+    assert flat(resumed) == epoch_indices(10, 2, 1, True)[:8]
