@@ -145,7 +145,7 @@ def ci(session: nox.Session) -> None:
             _clippy(session)
         with _step(timings, "build + install (dev profile)"):
             # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests.
-            _install(session, "test,lint,torch,jax,notebooks")
+            _install(session, "test,lint,torch,jax,tf,notebooks")
         with _step(timings, "mypy + stubtest"):
             _mypy(session)
         with _step(timings, "cargo test -p s3dlio-core"):
@@ -214,7 +214,7 @@ def _notebooks(session: nox.Session, *names: str) -> None:
 @nox.session(python=PYTHON)
 def notebooks(session: nox.Session) -> None:
     """Execute every notebook in notebooks/ against a local S3 server (outputs are not saved)."""
-    _install(session, "torch,jax,notebooks")
+    _install(session, "torch,jax,tf,notebooks")
     _notebooks(session, *session.posargs)  # nox -s notebooks -- quickstart.ipynb
 
 
