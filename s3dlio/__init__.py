@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from . import _core, exceptions
 from ._core import Buffer, CancelToken, ListIter, ObjectInfo, live_tasks
-from .config import StorageConfig
+from .config import StorageConfig, native_config
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
@@ -85,14 +85,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 's3dlio' has no attribute {name!r}")
 
 
-def _native(config: StorageConfig | None) -> _core.Config | None:
-    if config is None:
-        return None
-    if not isinstance(config, StorageConfig):
-        raise exceptions.InvalidConfigError(
-            f"config must be an s3dlio.StorageConfig, not {type(config).__name__}"
-        )
-    return config.native
+_native = native_config
 
 
 def _uris(uris: Iterable[str]) -> Sequence[str]:

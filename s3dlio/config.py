@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _core
 
-__all__ = ["StorageConfig"]
+__all__ = ["StorageConfig", "native_config"]
 
 MiB = 1024 * 1024
 
@@ -79,3 +79,14 @@ class StorageConfig:
                 v = "***"
             shown.append(f"{k}={v!r}")
         return f"StorageConfig({', '.join(shown)})"
+
+
+def native_config(config: StorageConfig | None) -> _core.Config | None:
+    """The native config to hand to ``s3dlio._core`` (``None``: resolve from the environment)."""
+    if config is None:
+        return None
+    if not isinstance(config, StorageConfig):  # untyped callers
+        from .exceptions import InvalidConfigError  # type: ignore[unreachable]
+
+        raise InvalidConfigError(f"config must be an s3dlio.StorageConfig, not {type(config).__name__}")
+    return config.native

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import _core
 from .config import StorageConfig
+from .config import native_config as _native
 from .exceptions import CancelledError, InvalidConfigError, S3dlioError
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
@@ -48,10 +49,6 @@ T = TypeVar("T")
 Transform = Callable[[_core.Buffer], Any]
 
 STATE_FORMAT = "s3dlio.DataLoader/1"
-
-
-def _native(config: StorageConfig | None) -> _core.Config | None:
-    return None if config is None else config.native
 
 
 def distributed_info() -> tuple[int, int]:

@@ -60,8 +60,9 @@ class LoaderOptions:
 
     @property
     def readahead_batches(self) -> int:
-        """Batches read ahead: ``prefetch_factor`` (default 2) per worker, at least one worker."""
-        return (self.prefetch_factor or 2) * max(1, self.num_workers)
+        """Batches read ahead: ``prefetch_factor`` (default 2) per worker, at least one worker
+        (the Rust core's derivation, as used by :meth:`PoolConfig.from_loader_options`)."""
+        return PoolConfig.from_loader_options(self).readahead_batches
 
 
 @dataclass(frozen=True)

@@ -316,13 +316,6 @@ impl BatchLoader {
         self.rx.close();
         self.tracker.wait().await;
     }
-
-    /// A future that resolves when every task of this loader has ended (after cancel or the end
-    /// of the epoch); it does not cancel anything itself.
-    pub fn joined(&self) -> impl Future<Output = ()> + Send + 'static {
-        let tracker = self.tracker.clone();
-        async move { tracker.wait().await }
-    }
 }
 
 impl Drop for BatchLoader {
