@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -339,7 +339,7 @@ class _Progress:
     """Which positions of the current epoch's order have been yielded: a prefix plus, in completion
     order, a few positions past it. O(readahead window), not O(dataset)."""
 
-    def __init__(self, prefix: int = 0, extra: Sequence[int] = ()) -> None:
+    def __init__(self, prefix: int = 0, extra: Iterable[int] = ()) -> None:
         self.prefix = prefix
         self.extra: set[int] = set(extra)
 
@@ -659,6 +659,10 @@ class _EpochIterator(Generic[T]):
         return [self._positions[p] for p in positions], bufs
 
     def __next__(self) -> T:
+        return self._next()[1]
+
+    def _next(self) -> tuple[list[int], T]:
+        """The next batch and its positions in the epoch's order (what s3dlio.tf tracks)."""
         try:
             if self._workers is None:
                 raw = self._pull()
@@ -690,9 +694,9 @@ class _EpochIterator(Generic[T]):
             self.cancel()
             raise
         self.progress.add(positions)
-        return batch  # type: ignore[no-any-return]
+        return positions, batch
 
-    def _finish(self) -> T:
+    def _finish(self) -> tuple[list[int], T]:
         self.finished = True
         self._stream.close()
         self.loader._epoch_done()

@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import array
+import collections
 import logging
 import os
 import signal
@@ -43,12 +45,21 @@ except ImportError as e:  # pragma: no cover - exercised only without TensorFlow
     ) from e
 
 from . import _core
-from .data import DataLoader, ObjectDataset
+from .data import DataLoader, ObjectDataset, _Progress
 from .data import default_collate as _loader_default_collate
 from .exceptions import CancelledError, InvalidConfigError, S3dlioError
 from .options import PoolConfig, RangeEngineConfig
 
-__all__ = ["default_collate", "from_loader", "infer_signature", "make_dataset"]
+# StateCallback is public too; it is built on first use (it subclasses keras's Callback, and keras
+# is imported only then).
+__all__ = [
+    "consumed",
+    "default_collate",
+    "from_loader",
+    "infer_signature",
+    "make_dataset",
+    "state_dict",
+]
 
 _log = logging.getLogger("s3dlio.tf")
 
@@ -289,6 +300,17 @@ _watcher = _InterruptWatcher()
 # ---------------------------------------------------------------------------------------------
 
 
+class _Iteration:
+    """One iteration (epoch) of a dataset's generator, for exact resume: the progress the model has
+    reported consumed, and the positions of the batches yielded to TensorFlow but not yet reported
+    (tf.data's prefetch and Keras take batches ahead of the training step)."""
+
+    def __init__(self, epoch: int, start: _Progress) -> None:
+        self.epoch = epoch
+        self.consumed = _Progress(start.prefix, start.extra)
+        self.pending: collections.deque[array.array[int]] = collections.deque()
+
+
 class _Source:
     """Owns (or borrows) the DataLoader and yields its batches, one epoch per generator call."""
 
@@ -298,6 +320,9 @@ class _Source:
         self._lock = threading.Lock()
         self._active = 0
         self._interrupted = False
+        self._iteration: _Iteration | None = None  # the one the training loop is on
+        self._yielded = 0
+        self._reported = 0
 
     def interrupt(self) -> None:
         """Ctrl-C (from the watcher thread): cancel the loader of an epoch in progress."""
@@ -308,16 +333,70 @@ class _Source:
             loader = self._loader
         loader.cancel_token.cancel()
 
+    # --- exact resume: what the model has consumed ----------------------------------------------
+
+    def consumed(self, batches: int) -> None:
+        """The model has consumed ``batches`` more batches, in the order they were yielded."""
+        if batches < 0:
+            raise InvalidConfigError(f"batches must be >= 0, got {batches}")
+        with self._lock:
+            self._reported += batches
+            it = self._iteration
+            # More reported than yielded (Keras's short last execution with steps_per_execution):
+            # clamped to what was yielded.
+            while batches > 0 and it is not None and it.pending:
+                it.consumed.add(it.pending.popleft())
+                batches -= 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader state as of the batches reported consumed (``DataLoader.load_state_dict``)."""
+        with self._lock:
+            state = self._loader.state_dict()
+            it = self._iteration
+            if it is None:
+                return state  # nothing iterated through this dataset yet: the loader's own position
+            if self._reported == 0 and self._yielded > 0:
+                raise InvalidConfigError(
+                    "no consumed batches were reported for this dataset, so its exact position is "
+                    "unknown (tf.data takes batches ahead of the training step): pass "
+                    "s3dlio.tf.StateCallback(dataset) to model.fit's callbacks, or call "
+                    "s3dlio.tf.consumed(dataset) after each training step"
+                )
+            state.update(
+                epoch=it.epoch, samples_yielded=it.consumed.prefix, yielded_beyond=sorted(it.consumed.extra)
+            )
+            return state
+
+    def _begin(self, epoch: int, start: _Progress) -> _Iteration:
+        # A new iteration starts once the previous one was consumed to its end (Keras, a `for`
+        # loop) or abandoned (a `break`, a peek with next(iter(...))): either way the training
+        # loop is now on this one, and the older ones' unreported batches will never be consumed.
+        with self._lock:
+            self._iteration = _Iteration(epoch, start)
+            return self._iteration
+
+    def _yield(self, it: _Iteration, positions: list[int]) -> None:
+        with self._lock:
+            it.pending.append(array.array("q", positions))  # 8 bytes a position
+            self._yielded += 1
+
+    # --- the generator ---------------------------------------------------------------------------
+
     def _next_loader(self) -> DataLoader[Any]:
         with self._lock:
             loader = self._loader
-            if self._rebuild is not None and loader.cancel_token.cancelled:
-                epoch = loader.epoch
-                loader.close()
-                loader = self._rebuild()
-                loader.set_epoch(epoch)
+        if self._rebuild is not None and loader.cancel_token.cancelled:
+            # After Ctrl-C: a fresh loader that starts the interrupted epoch again from its
+            # beginning (the dataset's cardinality holds; an exact continuation is state_dict()
+            # and make_dataset(state=...)).
+            with self._lock:
+                epoch = self._iteration.epoch if self._iteration is not None else loader.epoch
+            loader.close()
+            loader = self._rebuild()
+            loader.set_epoch(epoch)
+            with self._lock:
                 self._loader = loader
-            return loader
+        return loader
 
     def batches(self) -> Iterator[Any]:
         """One epoch of collated batches (called by TensorFlow on its own thread)."""
@@ -328,10 +407,11 @@ class _Source:
         try:
             loader = self._next_loader()
             it = iter(loader)
+            record = self._begin(it.epoch, it.progress)
             skip_errors = loader.options.on_error == "continue"
             while True:
                 try:
-                    batch = next(it)
+                    positions, batch = it._next()
                 except StopIteration:
                     return
                 except CancelledError:
@@ -345,6 +425,7 @@ class _Source:
                         raise
                     _log.warning("s3dlio.tf: skipping a batch (on_error='continue'): %s", e)
                     continue
+                self._yield(record, positions)
                 yield batch
         except CancelledError:
             if not self._interrupted:
@@ -356,12 +437,55 @@ class _Source:
                 it.close()  # joins the epoch's tasks: none is left running after an early stop
 
 
+_sources: weakref.WeakKeyDictionary[Any, _Source] = weakref.WeakKeyDictionary()
+
+
+def _source_of(dataset: Any) -> _Source:
+    source = _sources.get(dataset) if _weakrefable(dataset) else None
+    if source is None:
+        raise InvalidConfigError(
+            "this is not a dataset returned by s3dlio.tf.make_dataset or s3dlio.tf.from_loader: pass "
+            "that one (not one derived from it with .map/.prefetch, which TensorFlow makes anew)"
+        )
+    return source
+
+
+def _weakrefable(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+def consumed(dataset: tf.data.Dataset, batches: int = 1) -> None:
+    """Report that the training loop has consumed ``batches`` more batches of ``dataset`` (the
+    dataset :func:`make_dataset` or :func:`from_loader` returned), for :func:`state_dict`. Call it
+    after each training step of a manual loop; in ``model.fit`` use :class:`StateCallback`.
+
+    Batches are counted in the order the dataset yields them, across epochs, so transformations
+    after it must keep that order: ``.map`` (deterministic, the default), ``.prefetch``,
+    ``.take``, ``.apply`` of such; not ``.shuffle``, ``.unbatch``/``.rebatch`` or
+    ``deterministic=False``."""
+    _source_of(dataset).consumed(int(batches))
+
+
+def state_dict(dataset: tf.data.Dataset) -> dict[str, Any]:
+    """The :class:`s3dlio.DataLoader` state after exactly the batches reported consumed (by
+    :class:`StateCallback` or :func:`consumed`): resume with ``make_dataset(..., state=it)`` or
+    ``loader.load_state_dict(it)`` then :func:`from_loader`. Raises
+    :class:`~s3dlio.exceptions.InvalidConfigError` when batches were iterated but none reported
+    (the position would be a guess)."""
+    return _source_of(dataset).state_dict()
+
+
 def _dataset(source: _Source, signature: Any, cardinality: int | None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_generator(source.batches, output_signature=signature)
     if cardinality is not None:
         # Keras shows progress and steps per epoch; len(ds) works.
         ds = ds.apply(tf.data.experimental.assert_cardinality(cardinality))
     _watcher.watch(source)
+    _sources[ds] = source
     return ds
 
 
@@ -415,6 +539,7 @@ def make_dataset(
     pool: PoolConfig | None = None,
     range_engine: RangeEngineConfig | None = None,
     cancel_token: _core.CancelToken | None = None,
+    state: dict[str, Any] | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of batches of ``dataset``, assembled by an :class:`s3dlio.DataLoader`
     and handed to TensorFlow one whole batch per Python call.
@@ -440,8 +565,14 @@ def make_dataset(
 
     Ctrl-C while TensorFlow waits for a batch (a manual loop, ``model.fit``) cancels the loader,
     ends the epoch and raises ``KeyboardInterrupt`` in the main thread; iterating the dataset
-    again starts the next epoch with a fresh loader (unless ``cancel_token`` was given: then the
-    cancellation stands, as in :class:`s3dlio.DataLoader`). Call it from the main thread so that
+    again starts the interrupted epoch over with a fresh loader (unless ``cancel_token`` was
+    given: then the cancellation stands, as in :class:`s3dlio.DataLoader`).
+
+    Exact resume: report consumed batches (:class:`StateCallback` in ``model.fit``,
+    :func:`consumed` in a manual loop), save :func:`state_dict` with the model's checkpoint, and
+    pass it back as ``state=`` to resume after exactly those batches. The dataset's cardinality
+    (``len()``, Keras's steps per epoch) is set only without ``state``, since a resumed first
+    epoch is shorter. Call it from the main thread so that
     this Ctrl-C hook can be installed: a ``signal.set_wakeup_fd`` watcher, and a SIGINT handler
     equivalent to Python's default one in its place (docs/tensorflow.md says why). Iterate one
     iterator of the dataset at a time: a new iteration ends the previous one.
@@ -462,8 +593,10 @@ def make_dataset(
         )  # fmt: skip
 
     loader = new_loader()
+    if state is not None:
+        loader.load_state_dict(state)
     source = _Source(loader, None if cancel_token is not None else new_loader)
-    return _dataset(source, signature, len(loader) if on_error == "raise" else None)
+    return _dataset(source, signature, len(loader) if on_error == "raise" and state is None else None)
 
 
 def from_loader(loader: DataLoader[Any], *, output_signature: Any = None) -> tf.data.Dataset:
@@ -485,3 +618,48 @@ def from_loader(loader: DataLoader[Any], *, output_signature: Any = None) -> tf.
     loader.collate_fn = collate
     # No assert_cardinality here: a loader resumed mid-epoch (load_state_dict) yields fewer batches.
     return _dataset(_Source(loader, None), signature, None)
+
+
+def _state_callback_class() -> type:
+    import keras
+
+    class StateCallback(keras.callbacks.Callback):  # type: ignore[misc]
+        """A Keras callback that reports each training step's batches as consumed, so that
+        :meth:`state_dict` is the loader state after exactly the batches ``model.fit`` trained on
+        (``steps_per_execution`` included), however far ``tf.data`` prefetched::
+
+            train = s3dlio.tf.make_dataset(ds, 64, shuffle=True)
+            progress = s3dlio.tf.StateCallback(train)
+            model.fit(train.prefetch(tf.data.AUTOTUNE), epochs=10, callbacks=[progress])
+            save(progress.state_dict())   # with the model's checkpoint
+            ...
+            train = s3dlio.tf.make_dataset(ds, 64, shuffle=True, state=saved)
+
+        ``dataset`` is the one :func:`make_dataset` or :func:`from_loader` returned."""
+
+        def __init__(self, dataset: tf.data.Dataset) -> None:
+            super().__init__()
+            self._source = _source_of(dataset)
+            self._begin = 0
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self._begin = batch
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self._source.consumed(batch - self._begin + 1)
+
+        def state_dict(self) -> dict[str, Any]:
+            """The loader state after the batches trained on so far."""
+            return self._source.state_dict()
+
+    StateCallback.__module__ = __name__
+    return StateCallback
+
+
+def __getattr__(name: str) -> Any:
+    # Keras is imported only when StateCallback is used.
+    if name == "StateCallback":
+        cls = _state_callback_class()
+        globals()["StateCallback"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

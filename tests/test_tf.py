@@ -269,6 +269,108 @@ def test_keras_fit_loss_decreases(bucket: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------
+# Exact resume: batches reported consumed, however far tf.data prefetched
+# -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_manual_loop_resumes_after_exactly_the_consumed_batches(data: str, in_order: bool) -> None:
+    """A manual loop over map + a deep prefetch reports each step with s3tf.consumed; the state
+    taken after 1 epoch and 5 batches (tf.data has pulled batches well past that) resumes a new
+    dataset with exactly the rest of that shuffled epoch, then the next epoch in full."""
+    ds = s3dlio.ObjectDataset.from_prefix(data)
+    kw: dict[str, Any] = {"batch_size": 8, "shuffle": True, "seed": 5, "in_order": in_order}
+    train = s3tf.make_dataset(ds, **kw)
+    pipe = train.map(lambda x: x, num_parallel_calls=tf.data.AUTOTUNE).prefetch(16)
+    seen = epoch(pipe)
+    assert sorted(seen) == list(range(N))
+    for _ in range(N // 8):  # the whole first epoch was trained on
+        s3tf.consumed(train)
+    trained = []
+    it = iter(pipe)
+    for _ in range(5):
+        trained += rows(next(it))
+        s3tf.consumed(train)
+    time.sleep(0.3)  # let tf.data's prefetch run ahead of the training step
+    state = s3tf.state_dict(train)
+    assert state["epoch"] == 1
+    assert state["samples_yielded"] + len(state["yielded_beyond"]) == 40
+    del it
+
+    resumed = s3tf.make_dataset(ds, state=state, **kw)
+    rest = epoch(resumed)
+    assert sorted(trained + rest) == list(range(N)) and not set(trained) & set(rest)
+    following = epoch(resumed)
+    if in_order:
+        assert trained + rest == s3dlio._core.epoch_indices(N, 5, 1, True)
+        assert following == s3dlio._core.epoch_indices(N, 5, 2, True)
+    else:
+        assert sorted(following) == list(range(N))
+
+
+def test_state_without_reports_is_refused(data: str) -> None:
+    """Iterating without reporting consumed batches leaves the position unknown: state_dict says
+    so instead of guessing. A dataset not made by s3dlio.tf is refused by name."""
+    train = s3tf.make_dataset(s3dlio.ObjectDataset.from_prefix(data), batch_size=8)
+    assert s3tf.state_dict(train)["samples_yielded"] == 0  # nothing iterated yet: the start
+    next(iter(train.prefetch(4)))
+    with pytest.raises(s3dlio.exceptions.InvalidConfigError, match="StateCallback"):
+        s3tf.state_dict(train)
+    with pytest.raises(s3dlio.exceptions.InvalidConfigError, match="not a dataset returned by"):
+        s3tf.consumed(train.prefetch(2))
+    with pytest.raises(s3dlio.exceptions.InvalidConfigError, match=">= 0"):
+        s3tf.consumed(train, -1)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_keras_fit_resumes_after_exactly_the_trained_batches(data: str, steps_per_execution: int) -> None:
+    """model.fit with StateCallback stops (stop_training) 6 steps into its second epoch of 20
+    batches (with steps_per_execution=3 Keras reports the short last execution of epoch 0 as 3
+    steps; StateCallback counts only the 2 batches that existed); the callback's state resumes a new dataset with exactly the
+    samples of that epoch the model did not train on, although tf.data had prefetched further."""
+    keras = pytest.importorskip("keras")
+    ds = s3dlio.ObjectDataset.from_prefix(data, transform=lambda b: np.int64(index_of(b)))
+    kw: dict[str, Any] = {"batch_size": 6, "shuffle": True, "seed": 9, "num_workers": 2}
+    train = s3tf.make_dataset(ds, **kw)
+    steps = 0
+
+    class Stop(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self.begin = batch
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            nonlocal steps
+            steps += batch - self.begin + 1
+            if steps >= 26:
+                self.model.stop_training = True
+
+    class Model(keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = keras.layers.Dense(1)
+
+        def train_step(self, x: Any) -> dict[str, Any]:
+            self.w(tf.cast(x[:, None], tf.float32))
+            return {"n": tf.shape(x)[0]}
+
+    model = Model()
+    model.compile(optimizer="sgd", steps_per_execution=steps_per_execution)
+    progress = s3tf.StateCallback(train)
+    model.fit(train.prefetch(8), epochs=3, verbose=0, shuffle=False, callbacks=[progress, Stop()])
+    state = progress.state_dict()
+    assert state["epoch"] == 1
+    trained = state["samples_yielded"] + len(state["yielded_beyond"])
+    assert trained == 6 * 6
+    rest = epoch_of(s3tf.make_dataset(ds, state=state, **kw))
+    assert rest == s3dlio._core.epoch_indices(N, 9, 1, True)[trained:]
+
+
+def epoch_of(ds: Any) -> list[int]:
+    return [int(v) for b in ds for v in np.asarray(b)]
+
+
+# -------------------------------------------------------------------------------------------------
 # Sharding across processes
 # -------------------------------------------------------------------------------------------------
 
