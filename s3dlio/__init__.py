@@ -64,6 +64,8 @@ __all__ = [
     "live_tasks",
     "put",
     "put_async",
+    "put_many",
+    "put_many_async",
     "stat",
     "stat_async",
     "upload",
@@ -182,6 +184,32 @@ def put(uri: str, data: BufferLike, *, config: StorageConfig | None = None) -> N
     _core.put(uri, data, _native(config))
 
 
+def put_many(
+    items: Iterable[tuple[str, BufferLike]],
+    *,
+    max_concurrency: int | None = None,
+    config: StorageConfig | None = None,
+) -> None:
+    """Write many ``(uri, data)`` objects concurrently, each as :func:`put` writes it (zero-copy,
+    multipart above the threshold).
+
+    At most ``max_concurrency`` (default ``config.max_concurrency``) writes are in flight. The
+    first failure is raised naming its URI and the remaining writes are cancelled: no object is
+    ever left half-written (multipart uploads in flight are aborted), but objects already
+    written stay.
+    """
+    _core.put_many(_items(items), max_concurrency, _native(config))
+
+
+def _items(items: Iterable[tuple[str, BufferLike]]) -> _list[tuple[str, BufferLike]]:
+    out = _list(items)
+    for item in out:
+        pair: object = item  # checked at run time whatever the annotation says
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise TypeError(f"put_many takes (uri, data) pairs, got {type(pair).__name__}: {pair!r:.80}")
+    return out
+
+
 def delete(uri: str, *, config: StorageConfig | None = None) -> None:
     """Delete exactly the object named: ``delete("s3://b/obj_1")`` never touches ``obj_10``.
 
@@ -261,6 +289,16 @@ async def list_async(
 async def put_async(uri: str, data: BufferLike, *, config: StorageConfig | None = None) -> None:
     """Async :func:`put`."""
     await _core.put_async(uri, data, _native(config))
+
+
+async def put_many_async(
+    items: Iterable[tuple[str, BufferLike]],
+    *,
+    max_concurrency: int | None = None,
+    config: StorageConfig | None = None,
+) -> None:
+    """Async :func:`put_many`."""
+    await _core.put_many_async(_items(items), max_concurrency, _native(config))
 
 
 async def delete_async(uri: str, *, config: StorageConfig | None = None) -> None:

@@ -112,6 +112,38 @@ def test_get_many_first_failure_names_its_uri(root: str) -> None:
     assert missing in str(ei.value)
 
 
+def test_put_many_writes_every_object(root: str) -> None:
+    """put_many writes each (uri, data) pair, from bytes, numpy arrays and memoryviews alike, with
+    any concurrency; an empty list is a no-op."""
+    items = [(f"{root}pm/{i:03d}", os.urandom(i * 37 + 1)) for i in range(60)]
+    mixed = [(u, np.frombuffer(d, dtype=np.uint8) if i % 3 == 1 else memoryview(d) if i % 3 == 2 else d)
+             for i, (u, d) in enumerate(items)]  # fmt: skip
+    for kw in ({}, {"max_concurrency": 3}):
+        s3dlio.put_many(mixed, **kw)
+        assert [bytes(b) for b in s3dlio.get_many([u for u, _ in items])] == [d for _, d in items]
+    s3dlio.put_many([])
+
+
+def test_put_many_bad_input_is_refused(root: str) -> None:
+    """Items that are not (uri, data) pairs, a bad URI, a zero concurrency: clear errors, and
+    nothing is written."""
+    with pytest.raises(TypeError, match=r"\(uri, data\) pairs"):
+        s3dlio.put_many([root + "x"])  # type: ignore[list-item]
+    with pytest.raises(s3dlio.exceptions.InvalidUriError):
+        s3dlio.put_many([(root + "ok", b"1"), ("nope://x", b"2")])
+    with pytest.raises(s3dlio.exceptions.InvalidConfigError, match="max_concurrency"):
+        s3dlio.put_many([(root + "ok", b"1")], max_concurrency=0)
+    assert not s3dlio.exists(root + "ok")
+
+
+def test_put_many_async(root: str) -> None:
+    import asyncio
+
+    items = [(f"{root}pma/{i}", f"v{i}".encode()) for i in range(20)]
+    asyncio.run(s3dlio.put_many_async(items, max_concurrency=4))
+    assert [bytes(b) for b in s3dlio.get_many([u for u, _ in items])] == [d for _, d in items]
+
+
 def test_stat_and_exists(obj: tuple[str, bytes]) -> None:
     """stat reports size, last-modified (epoch seconds) and, on S3, an ETag; exists is exact."""
     uri, _ = obj

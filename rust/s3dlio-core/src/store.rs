@@ -206,6 +206,39 @@ pub async fn put(uri: &str, data: Bytes, cfg: &StoreConfig) -> Result<()> {
     }
 }
 
+/// Write many objects with at most `concurrency` in flight (each as [`put`] writes it: multipart
+/// above the threshold). The first failure is returned naming its URI and the remaining writes are
+/// dropped: an object is either written whole or not at all (multipart uploads in flight are
+/// aborted), but objects already written stay.
+pub async fn put_many(items: Vec<(String, Bytes)>, concurrency: usize, cfg: &StoreConfig) -> Result<()> {
+    if concurrency == 0 {
+        return Err(Error::invalid_config("max_concurrency must be at least 1"));
+    }
+    let items = items
+        .into_iter()
+        .map(|(uri, data)| Location::parse_object(&uri).map(|loc| (loc, data)))
+        .collect::<Result<Vec<_>>>()?;
+    let s3 = if items.iter().any(|(l, _)| matches!(l, Location::S3 { .. })) {
+        Some(S3Store::new(cfg).await?)
+    } else {
+        None
+    };
+    let s3 = s3.as_ref();
+    futures::stream::iter(items.into_iter().map(|(loc, data)| async move {
+        match loc {
+            Location::S3 { bucket, key } => match s3 {
+                Some(store) => store.put(&bucket, &key, data).await,
+                None => S3Store::new(cfg).await?.put(&bucket, &key, data).await,
+            },
+            Location::File { path } => blocking(move || local::put(&path, Mode::Buffered, &data)).await,
+            Location::Direct { path } => blocking(move || local::put(&path, Mode::Direct, &data)).await,
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .try_for_each(|()| async { Ok(()) })
+    .await
+}
+
 /// Delete exactly the object named (never a prefix match). Missing objects are not an error.
 pub async fn delete(uri: &str, cfg: &StoreConfig) -> Result<()> {
     match Backend::new(Location::parse_object(uri)?, cfg).await? {

@@ -120,6 +120,8 @@ twin!(list, list_async, (uri: String, recursive: bool, pattern: Option<String>),
     |cfg| store::list(&uri, recursive, pattern.as_deref(), &cfg).await.map(infos));
 twin!(put, put_async, (uri: String, data: Data), [uri, data, config=None], (),
     |cfg| store::put(&uri, data.0, &cfg).await);
+twin!(put_many, put_many_async, (items: Vec<(String, Data)>, max_concurrency: Option<usize>), [items, max_concurrency=None, config=None], (),
+    |cfg| store::put_many(items.into_iter().map(|(u, d)| (u, d.0)).collect(), max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await);
 twin!(delete, delete_async, (uri: String), [uri, config=None], (),
     |cfg| store::delete(&uri, &cfg).await);
 twin!(delete_prefix, delete_prefix_async, (uri: String), [uri, config=None], usize,
@@ -265,6 +267,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_range, m)?)?;
     m.add_function(wrap_pyfunction!(get_range_async, m)?)?;
     m.add_function(wrap_pyfunction!(get_many, m)?)?;
+    m.add_function(wrap_pyfunction!(put_many, m)?)?;
+    m.add_function(wrap_pyfunction!(put_many_async, m)?)?;
     m.add_function(wrap_pyfunction!(get_many_async, m)?)?;
     m.add_function(wrap_pyfunction!(stat, m)?)?;
     m.add_function(wrap_pyfunction!(stat_async, m)?)?;
