@@ -8,6 +8,8 @@
     nox -s tests       pytest (arguments after `--` go to pytest: nox -s tests -- -k delete -x)
     nox -s notebooks   execute notebooks/*.ipynb against a local S3 server
     nox -s docs        mkdocs build --strict (docs/ links and pages)
+    nox -s bench       s3dlio against its peers on one local S3 server; writes docs/benchmarks.md
+                       (`nox -s bench -- --quick`: a small run that checks the harness)
 
 Test builds use the `dev` Cargo profile (our crates unoptimised, dependencies at opt-level 2; see
 Cargo.toml); `nox -s demo -- --release` builds with the release profile (LTO, much slower to build).
@@ -157,6 +159,10 @@ def ci(session: nox.Session) -> None:
             _pytest(session)
         with _step(timings, "notebooks"):
             _notebooks(session)
+        with _step(timings, "bench --quick (harness check, numbers discarded)"):
+            session.install(*_extra("bench"))
+            scratch = session.create_tmp()
+            _bench(session, "--quick", "--out", scratch, "--doc", str(Path(scratch) / "benchmarks.md"))
     finally:
         _report(session, timings)
 
@@ -226,3 +232,33 @@ def docs(session: nox.Session) -> None:
     """Build the docs with mkdocs in strict mode (broken links between pages fail)."""
     session.install(*_extra("docs"))
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "target" / "site"))
+
+
+# The reference release measured by `nox -s bench`; its module is also called s3dlio, so it lives in
+# a virtual environment of its own.
+REFERENCE = "s3dlio==0.10.0"
+
+
+def _bench(session: nox.Session, *args: str) -> None:
+    ref = ROOT / ".bench" / "ref"
+    python = ref / "bin" / "python"
+    if not python.exists():
+        session.run("python", "-m", "venv", str(ref))
+    session.run(str(python), "-m", "pip", "install", "--quiet", REFERENCE, external=True)
+    # -P: the installed s3dlio, not the source tree.
+    session.run("python", "-P", str(ROOT / "benchmarks" / "bench.py"), "--ref-python", str(python), *args)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """s3dlio against the reference s3dlio release, s3torchconnector, boto3 and s5cmd on one local
+    S3 server, server and client pinned to separate cores; writes docs/benchmarks.md, its chart and
+    docs/benchmarks/results.json.
+
+    Built with the release profile; `nox -s bench -- --quick` (a small run that only checks the
+    harness) uses the dev profile. Other arguments go to benchmarks/bench.py
+    (`nox -s bench -- --workloads a,f --reps 5`).
+    """
+    quick = "--quick" in session.posargs
+    _install(session, "torch,bench", release=not quick)
+    _bench(session, *session.posargs)

@@ -113,6 +113,7 @@ def s3dlio_reference(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[
         return put
     if workload == "epoch":
         import torch
+
         from s3dlio.torch import ObjectStoreIterableDataset
 
         ds = ObjectStoreIterableDataset.from_prefix(spec["prefix"], shuffle=True, seed=1, prefetch=64)
@@ -233,7 +234,8 @@ def s5cmd_client(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[int,
     base = [exe, "--endpoint-url", spec["endpoint"]]
     uris = spec["uris"]
     # Downloads land in tmpfs (/dev/shm), so no disk write is timed.
-    scratch = tempfile.mkdtemp(prefix="s5cmd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 - mkdtemp: a private directory
+    scratch = tempfile.mkdtemp(prefix="s5cmd-", dir=shm)
     if workload == "get":
         source = uris[0] if len(uris) == 1 else spec["prefix"] + "*"
 
@@ -329,6 +331,11 @@ CLIENTS: dict[str, Callable[[str, dict[str, Any]], Callable[[], tuple[int, int]]
 
 def main() -> int:
     client, workload, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    # The reference release's environment holds only it (and numpy): torch, for its epoch, comes
+    # from the benchmark's main environment, searched after the reference's own packages.
+    extra = os.environ.get("BENCH_EXTRA_SITE")
+    if extra:
+        sys.path.append(extra)
     work = CLIENTS[client](workload, spec)
     print("READY", flush=True)
     sys.stdin.readline()

@@ -105,13 +105,24 @@ def _path(p: str | os.PathLike[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def get(uri: str, *, config: StorageConfig | None = None) -> Buffer:
+def get(
+    uri: str, *, range_engine: RangeEngineConfig | None = None, config: StorageConfig | None = None
+) -> Buffer:
     """Read a whole object into a zero-copy :class:`Buffer`.
 
     >>> buf = s3dlio.get("s3://bucket/key")
     >>> arr = numpy.frombuffer(buf, dtype=numpy.uint8)   # shares the Rust memory
+
+    On S3 the first request asks for the object's first ``range_engine.chunk_size`` bytes (8 MiB
+    by default), which also tells its size; a larger object then gets the rest as concurrent
+    ranged GETs (``max_concurrent_ranges`` in flight) written straight into one buffer. An object
+    replaced while it is being read is an error, never a mix of two versions' bytes.
     """
-    return _core.get(uri, _native(config))
+    return _core.get(uri, _range(range_engine), _native(config))
+
+
+def _range(range_engine: RangeEngineConfig | None) -> dict[str, object] | None:
+    return None if range_engine is None else range_engine.to_dict()
 
 
 def get_range(
@@ -250,9 +261,11 @@ def delete_bucket(uri: str, *, config: StorageConfig | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-async def get_async(uri: str, *, config: StorageConfig | None = None) -> Buffer:
+async def get_async(
+    uri: str, *, range_engine: RangeEngineConfig | None = None, config: StorageConfig | None = None
+) -> Buffer:
     """Async :func:`get`."""
-    return await _core.get_async(uri, _native(config))
+    return await _core.get_async(uri, _range(range_engine), _native(config))
 
 
 async def get_range_async(

@@ -194,7 +194,7 @@ class ObjectDataset(_ObjectSource, _MapBase):
         n = len(self._uris)
         if not -n <= index < n:
             raise IndexError(f"index {index} is out of range for {n} objects")
-        return self._sample(_core.get(self._uris[index], _native(self.config)))
+        return self._sample(_core.get(self._uris[index], None, _native(self.config)))
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         bufs = _core.get_many([self._uris[i] for i in indices], None, _native(self.config))

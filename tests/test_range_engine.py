@@ -74,6 +74,66 @@ def test_unknown_size_is_one_plain_get(
     assert [r[2] for r in gets(proxy)] == [None]
 
 
+def test_get_splits_a_large_object_after_its_first_chunk(
+    big: tuple[str, bytes], proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """s3dlio.get of an object of unknown size: the first ranged GET (chunk_size bytes) tells the
+    size, the rest comes as chunk_size ranges, at most max_concurrent_ranges in flight, no HEAD,
+    and the bytes are right. The sync and async forms agree."""
+    import asyncio
+
+    uri, data = big
+    cfg = s3_config(endpoint_url=proxy.endpoint)
+    rng = s3dlio.RangeEngineConfig(chunk_size=2 * MiB, min_split_size=4 * MiB, max_concurrent_ranges=3)
+    assert (
+        hashlib.sha256(s3dlio.get(uri, range_engine=rng, config=cfg)).digest()
+        == hashlib.sha256(data).digest()
+    )
+    chunk = 2 * MiB
+    expected = [f"bytes={o}-{min(o + chunk, SIZE) - 1}" for o in range(0, SIZE, chunk)]
+    log = [r[2] for r in gets(proxy)]
+    assert log[0] == expected[0] and sorted(log) == sorted(expected)
+    assert not [r for r in proxy.request_log if r[0] == "HEAD"]
+    assert 1 < proxy.max_in_flight <= 3
+    assert bytes(asyncio.run(s3dlio.get_async(uri, range_engine=rng, config=cfg))) == data
+
+
+def test_get_below_min_split_size_is_two_requests(
+    big: tuple[str, bytes], proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """Below min_split_size, the rest after the first chunk is one more ranged GET; with the
+    default engine (8 MiB chunks, 32 MiB threshold) the same."""
+    uri, data = big
+    cfg = s3_config(endpoint_url=proxy.endpoint)
+    rng = s3dlio.RangeEngineConfig(chunk_size=1 * MiB, min_split_size=64 * MiB)
+    assert s3dlio.get(uri, range_engine=rng, config=cfg) == data
+    assert [r[2] for r in gets(proxy)] == [f"bytes=0-{MiB - 1}", f"bytes={MiB}-{SIZE - 1}"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000])
+def test_get_small_and_empty_objects(
+    bucket: str, proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig], size: int
+) -> None:
+    """Objects within the first chunk are one request; an empty object (HTTP 416 for the first
+    range) comes back empty, not as an error."""
+    uri = f"s3://{bucket}/small/{size}"
+    data = os.urandom(size)
+    s3dlio.put(uri, data)
+    assert s3dlio.get(uri, config=s3_config(endpoint_url=proxy.endpoint)) == data
+    assert len(gets(proxy)) == (2 if size == 0 else 1)
+
+
+def test_get_missing_object_and_bad_range_config(bucket: str) -> None:
+    """A missing object is NotFoundError naming it; a bad RangeEngineConfig is refused up front."""
+    with pytest.raises(exc.NotFoundError, match="nope"):
+        s3dlio.get(f"s3://{bucket}/nope")
+    with pytest.raises(exc.InvalidConfigError, match="min_split_size"):
+        s3dlio.get(
+            f"s3://{bucket}/nope",
+            range_engine=s3dlio.RangeEngineConfig(chunk_size=8 * MiB, min_split_size=MiB),
+        )
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_max_concurrent_ranges_bounds_requests_in_flight(
     big: tuple[str, bytes],

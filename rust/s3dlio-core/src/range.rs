@@ -59,3 +59,49 @@ pub async fn get_split(
         .await?;
     Ok(Bytes::from(buf))
 }
+
+/// Read a whole object of unknown size: one GET of its first `chunk_size` bytes, which also gives
+/// the total size (Content-Range); an object that fits is done, a larger one gets the rest into
+/// one buffer of the full size: as one more ranged GET below `min_split_size`, as concurrent
+/// `chunk_size` ranged GETs from it up. Each range checks that the size has
+/// not changed since the first response (an object replaced mid-read is an error, never a mix).
+pub async fn get_whole(store: &S3Store, bucket: &str, key: &str, cfg: &RangeEngineConfig) -> Result<Bytes> {
+    let uri = format!("s3://{bucket}/{key}");
+    let (first, total) =
+        match within(cfg.range_timeout, &uri, store.get_head(bucket, key, cfg.chunk_size)).await {
+            Ok(got) => got,
+            // 416 for a range starting at byte 0: the object is empty.
+            Err(e) if e.kind() == ErrorKind::InvalidRange => return store.get(bucket, key, None).await,
+            Err(e) => return Err(e),
+        };
+    let Some(total) = total else {
+        return Ok(first); // no Content-Range: the server sent the whole object
+    };
+    let have = first.len() as u64;
+    if total <= have {
+        return Ok(first);
+    }
+    let len =
+        usize::try_from(total).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "object too large"))?;
+    // Below min_split_size the rest is one more request; from it up, chunk_size ranges.
+    let chunk = if total >= cfg.min_split_size { cfg.chunk_size } else { total - have };
+    let chunk = usize::try_from(chunk).unwrap_or(usize::MAX).max(1);
+    // calloc'd, written once: the first response copied in (one chunk), the rest by the ranges.
+    let mut buf = vec![0u8; len];
+    buf[..first.len()].copy_from_slice(&first);
+    drop(first);
+    let start = usize::try_from(have).unwrap_or(len);
+    let ranges: Vec<_> = buf[start..]
+        .chunks_mut(chunk)
+        .enumerate()
+        .map(|(i, dst)| {
+            let offset = have + (i * chunk) as u64;
+            within(cfg.range_timeout, &uri, store.get_range_into(bucket, key, offset, dst, Some(total)))
+        })
+        .collect();
+    futures::stream::iter(ranges)
+        .buffer_unordered(cfg.max_concurrent_ranges)
+        .try_for_each(|()| async { Ok(()) })
+        .await?;
+    Ok(Bytes::from(buf))
+}

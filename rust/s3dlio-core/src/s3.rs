@@ -145,9 +145,26 @@ impl S3Store {
     /// that (connection reset, server stopped sending) is retried here, with the same attempt budget
     /// and jittered exponential backoff.
     pub async fn get(&self, bucket: &str, key: &str, range: Option<(u64, Option<u64>)>) -> Result<Bytes> {
+        self.get_retrying(bucket, key, range, true).await.map(|(b, _)| b)
+    }
+
+    /// The first `len` bytes of the object (all of it when it is shorter) and the object's total
+    /// size when the server says it (Content-Range). An empty object is an `InvalidRange` error
+    /// (HTTP 416: no byte 0 to start from).
+    pub async fn get_head(&self, bucket: &str, key: &str, len: u64) -> Result<(Bytes, Option<u64>)> {
+        self.get_retrying(bucket, key, Some((0, Some(len))), false).await
+    }
+
+    async fn get_retrying(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+        exact: bool,
+    ) -> Result<(Bytes, Option<u64>)> {
         let mut attempt = 1;
         loop {
-            match self.get_once(bucket, key, range).await {
+            match self.get_once(bucket, key, range, exact).await {
                 Ok(b) => return Ok(b),
                 Err((e, true)) if attempt < self.cfg.max_attempts => {
                     tokio::time::sleep(backoff(self.cfg.initial_backoff, attempt)).await;
@@ -159,13 +176,17 @@ impl S3Store {
         }
     }
 
-    /// One GET; the flag says whether the failure happened while streaming the body (retryable).
+    /// One GET and the object's total size when a Content-Range gives it; the error flag says
+    /// whether the failure happened while streaming the body (retryable). With `exact`, a range
+    /// must come back whole (a range past the end is an error); without, it may be cut short at
+    /// the object's end.
     async fn get_once(
         &self,
         bucket: &str,
         key: &str,
         range: Option<(u64, Option<u64>)>,
-    ) -> std::result::Result<Bytes, (Error, bool)> {
+        exact: bool,
+    ) -> std::result::Result<(Bytes, Option<u64>), (Error, bool)> {
         let uri = Self::uri(bucket, key);
         let mut req = self.client.get_object().bucket(bucket).key(key);
         if let Some((offset, length)) = range {
@@ -213,14 +234,14 @@ impl S3Store {
                 ));
             }
         }
-        if let Some((offset, Some(len))) = range {
+        if let (Some((offset, Some(len))), true) = (range, exact) {
             if buf.len() as u64 != len {
                 let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
                 let msg = format!("range {offset}+{len} extends past the end of the object (size {size})");
                 return Err(failed(ErrorKind::InvalidRange, msg, false));
             }
         }
-        Ok(buf.freeze())
+        Ok((buf.freeze(), total))
     }
 
     /// GET `dst.len()` bytes at `offset` straight into `dst` (no intermediate buffer). When

@@ -14,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::local::{self, Mode};
+use crate::options::RangeEngineConfig;
 use crate::s3::S3Store;
 use crate::uri::Location;
 
@@ -80,9 +81,15 @@ pub(crate) async fn get_with(
     }
 }
 
-/// Read a whole object.
-pub async fn get(uri: &str, cfg: &StoreConfig) -> Result<Bytes> {
-    get_with(Location::parse_object(uri)?, None, None, cfg).await
+/// Read a whole object. On S3, an object larger than `range.chunk_size` is fetched as concurrent
+/// ranged GETs (the range engine) once the first chunk's response has given its size.
+pub async fn get(uri: &str, cfg: &StoreConfig, range: &RangeEngineConfig) -> Result<Bytes> {
+    match Location::parse_object(uri)? {
+        Location::S3 { bucket, key } => {
+            crate::range::get_whole(&S3Store::new(cfg).await?, &bucket, &key, range).await
+        }
+        loc => get_with(loc, None, None, cfg).await,
+    }
 }
 
 /// Read `length` bytes at `offset` (to the end when `None`). Never short, never padded.
@@ -340,7 +347,7 @@ pub async fn upload(local_dir: &str, uri: &str, cfg: &StoreConfig) -> Result<usi
         let rel = f.uri.strip_prefix(&src_prefix).unwrap_or(&f.uri).to_owned();
         let target = dest.join(&rel).to_uri();
         async move {
-            let data = get(&f.uri, cfg).await?;
+            let data = get(&f.uri, cfg, &RangeEngineConfig::default()).await?;
             put(&target, data, cfg).await
         }
     }))
@@ -365,7 +372,7 @@ pub async fn download(uri: &str, local_dir: &str, cfg: &StoreConfig) -> Result<u
         .collect::<Result<Vec<_>>>()?;
     let n = jobs.len();
     futures::stream::iter(jobs.into_iter().map(|(uri, target)| async move {
-        let data = get(&uri, cfg).await?;
+        let data = get(&uri, cfg, &RangeEngineConfig::default()).await?;
         blocking(move || local::put(&target, Mode::Buffered, &data)).await
     }))
     .buffer_unordered(cfg.max_concurrency)

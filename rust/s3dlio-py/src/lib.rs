@@ -86,6 +86,16 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Data {
     }
 }
 
+/// A `RangeEngineConfig.to_dict()`, validated when the call is made.
+struct Range(s3dlio_core::options::RangeEngineConfig);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Range {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        loader::range_config(&obj.to_owned().cast_into::<pyo3::types::PyDict>()?).map(Range)
+    }
+}
+
 /// Each storage operation exists twice: a blocking function that releases the GIL and answers
 /// Ctrl-C, and an `_async` twin returning an awaitable. One body serves both.
 macro_rules! twin {
@@ -106,8 +116,8 @@ macro_rules! twin {
     };
 }
 
-twin!(get, get_async, (uri: String), [uri, config=None], Buffer,
-    |cfg| store::get(&uri, &cfg).await.map(Buffer::new));
+twin!(get, get_async, (uri: String, range_engine: Option<Range>), [uri, range_engine=None, config=None], Buffer,
+    |cfg| store::get(&uri, &cfg, &range_engine.map(|r| r.0).unwrap_or_default()).await.map(Buffer::new));
 twin!(get_range, get_range_async, (uri: String, offset: u64, length: Option<u64>), [uri, offset, length=None, config=None], Buffer,
     |cfg| store::get_range(&uri, offset, length, &cfg).await.map(Buffer::new));
 twin!(get_many, get_many_async, (uris: Vec<String>, max_concurrency: Option<usize>), [uris, max_concurrency=None, config=None], Vec<Buffer>,
