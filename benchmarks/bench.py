@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,9 @@ class Series:
 
 
 def measure(python: str, client: str, kind: str, spec: dict[str, Any], server_pid: int, pin: bool) -> Run:
-    cmd = [python, "-P", str(HERE / "bench_client.py"), client, kind, json.dumps(spec)]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)  # thousands of URIs: too long for one command-line argument
+    cmd = [python, "-P", str(HERE / "bench_client.py"), client, kind, f.name]
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
     env = dict(os.environ)
@@ -227,6 +230,7 @@ def measure(python: str, client: str, kind: str, spec: dict[str, Any], server_pi
         if child.poll() is None:
             child.kill()
             child.wait()
+        os.unlink(f.name)
     r = json.loads(line[len("RESULT ") :])
     return Run(r["seconds"], r["bytes"], r["objects"], r["cpu_s"], r["rss_mib"], after - before)
 

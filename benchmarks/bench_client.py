@@ -1,8 +1,8 @@
 """One measurement of one client on one workload, in a process of its own (run by bench.py).
 
-    python bench_client.py CLIENT WORKLOAD SPEC_JSON
+    python bench_client.py CLIENT WORKLOAD SPEC.json
 
-The spec (JSON) names the objects or files and the endpoint. The process sets everything up
+The spec (a JSON file) names the objects or files and the endpoint. The process sets everything up
 (imports, clients, payloads), prints ``READY``, waits for a line on stdin (bench.py samples the
 server's CPU time then), does the work, and prints one JSON line: seconds, bytes, objects, its CPU
 time (user + system, this process and its reaped children: s5cmd, dd, torch workers) and peak RSS.
@@ -36,7 +36,13 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mib() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak RSS (VmHWM: its own, unlike ru_maxrss, which a process started by fork
+    and exec inherits from its parent), or that of its largest reaped child if larger."""
+    me = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                me = int(line.split()[1])
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(me, kids) / 1024
 
@@ -330,7 +336,9 @@ CLIENTS: dict[str, Callable[[str, dict[str, Any]], Callable[[], tuple[int, int]]
 
 
 def main() -> int:
-    client, workload, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    client, workload = sys.argv[1], sys.argv[2]
+    with open(sys.argv[3]) as f:
+        spec = json.load(f)
     # The reference release's environment holds only it (and numpy): torch, for its epoch, comes
     # from the benchmark's main environment, searched after the reference's own packages.
     extra = os.environ.get("BENCH_EXTRA_SITE")

@@ -14,6 +14,9 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536)``):
 ``reset``       close the client connection with a TCP RST (``SO_LINGER`` 0).
 ``http503``     answer with ``503 SlowDown`` (S3 XML error) and ``Connection: close``.
 ``http500``     the same with ``500 InternalError``.
+``corrupt_body`` forward the request with one byte of its body flipped (the first byte of the
+                first body segment of a Content-Length body), as a faulty NIC or middlebox would; the
+                response passes.
 
 ``count`` limits a fault to the next ``count`` matching requests (then they pass); ``match`` is a
 regular expression searched in the request line (``r"[?&]partNumber=2[& ]"``, ``"^GET "``)
@@ -41,7 +44,7 @@ from typing import Self
 
 __all__ = ["MODES", "FaultProxy"]
 
-MODES = ("pass", "blackhole", "stall_body", "reset", "http503", "http500")
+MODES = ("pass", "blackhole", "stall_body", "reset", "http503", "http500", "corrupt_body")
 _ERRORS = {
     "http503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "http500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
@@ -358,7 +361,20 @@ class FaultProxy:
                     self.max_in_flight = max(self.max_in_flight, self._in_flight)
                 in_flight = True
                 upstream.sendall(raw_head)
-                _copy_body(rd, headers, upstream.sendall)
+                if fault == "corrupt_body":
+                    flipped = [False]
+
+                    def corrupt(
+                        b: bytes, up: socket.socket = upstream, flipped: list[bool] = flipped
+                    ) -> None:
+                        if b and not flipped[0]:
+                            b = bytes([b[0] ^ 0xFF]) + b[1:]
+                            flipped[0] = True
+                        up.sendall(b)
+
+                    _copy_body(rd, headers, corrupt)
+                else:
+                    _copy_body(rd, headers, upstream.sendall)
                 # Relay the response (skipping any interim 1xx the upstream sends).
                 while True:
                     status_line, rheaders, rraw = up_rd.head()

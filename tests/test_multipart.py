@@ -144,3 +144,33 @@ def test_multipart_retries_transient_part_failures(  # type: ignore[no-untyped-d
     assert proxy.faults_injected == 2
     assert sha(s3dlio.get(f"s3://{bucket}/retried")) == sha(data)
     assert boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "match"),
+    [(100_000, r"^PUT "), (3 * PART + 1, r"[?&]partNumber=2[& ]")],
+    ids=["single-put", "multipart-part"],
+)
+def test_a_body_corrupted_on_the_wire_is_refused_never_stored(  # type: ignore[no-untyped-def]
+    bucket: str, s3_config, proxy: FaultProxy, boto3_client, size: int, match: str
+) -> None:
+    """Every upload body carries its CRC32C: when the proxy flips one byte of a PUT body (or of one
+    part's), the server refuses it (BadDigest) and put raises naming the URI. The previous version
+    of the object stays, and no incomplete multipart upload is left. Uploads are not SHA-256
+    payload-signed (UNSIGNED-PAYLOAD), so the checksum is what catches this."""
+    uri = f"s3://{bucket}/guarded"
+    s3dlio.put(uri, b"previous version")
+    cfg = s3_config(endpoint_url=proxy.endpoint, part_size=PART, multipart_threshold=PART, max_attempts=1)
+    proxy.set_mode("corrupt_body", match=match, count=1)
+    with pytest.raises(S3dlioError) as ei:
+        s3dlio.put(uri, payload(size, seed=5), config=cfg)
+    assert uri in str(ei.value)
+    assert proxy.faults_injected == 1
+    proxy.set_mode("pass")
+    assert bytes(s3dlio.get(uri)) == b"previous version"
+    assert boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # Without the fault the same upload goes through, checksum included.
+    s3dlio.put(uri, payload(size, seed=5), config=cfg)
+    assert sha(s3dlio.get(uri)) == sha(payload(size, seed=5))
+    head = boto3_client.head_object(Bucket=bucket, Key="guarded", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32C"), head

@@ -6,10 +6,12 @@
 //! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
 //! * [`options`]: the three configuration levels (LoaderOptions, PoolConfig, RangeEngineConfig).
 //! * [`range`]: parallel ranged GETs into one pre-allocated buffer.
+//! * [`buf`]: zeroed object buffers (huge-page mappings when large), frozen into `Bytes`.
 //! * [`sampler`]: deterministic per-epoch shuffles and rank/worker sharding.
 //! * [`runtime`]: the per-process (fork-safe) tokio runtime and client cache.
 //! * [`error`]: the error type, with kinds mapped to Python exceptions by the glue crate.
 
+pub mod buf;
 pub mod config;
 pub mod error;
 pub mod loader;

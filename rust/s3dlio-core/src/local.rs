@@ -14,6 +14,7 @@ use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 
+use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::ObjectInfo;
 
@@ -159,28 +160,40 @@ pub fn get(path: &Path, mode: Mode, range: Option<(u64, Option<u64>)>) -> Result
         usize::try_from(len).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
     match mode {
         Mode::Buffered => {
-            // vec![0; n] is calloc: large buffers come zeroed from the kernel, no memset pass.
-            let mut buf = vec![0u8; len_usize];
-            read_full(&f, &mut buf, offset, &uri, mode)?;
-            Ok(Bytes::from(buf))
+            // Zeroed by the kernel (calloc or a fresh mapping), no memset pass.
+            let mut buf = ZeroedBuf::new(len_usize, &uri)?;
+            read_full(&f, buf.as_mut_slice(), offset, &uri, mode)?;
+            Ok(buf.freeze())
         }
         Mode::Direct => {
             let start = offset - offset % DIRECT_ALIGN as u64;
             let span = round_up(offset + len) - start;
             let span_usize =
                 usize::try_from(span).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "file too large"))?;
-            let mut buf = AlignedBuf::zeroed(span_usize, &uri)?;
             let wanted = usize::try_from(offset + len - start).unwrap_or(span_usize);
-            let got = read_direct(&f, &mut buf.as_mut_full()[..span_usize], start, wanted, &uri)?;
-            if got < wanted {
-                return Err(Error::new(
+            let head = (offset - start) as usize;
+            let shrank = |got: usize| {
+                Error::new(
                     ErrorKind::Io,
                     Some(&uri),
                     format!("file shrank while reading: got {got} of {wanted} bytes"),
-                ));
+                )
+            };
+            if span_usize >= MAP_THRESHOLD {
+                // Page-aligned (2 MiB in fact), as O_DIRECT needs.
+                let mut buf = ZeroedBuf::new(span_usize, &uri)?;
+                let got = read_direct(&f, buf.as_mut_slice(), start, wanted, &uri)?;
+                if got < wanted {
+                    return Err(shrank(got));
+                }
+                return Ok(buf.freeze().slice(head..head + len_usize));
+            }
+            let mut buf = AlignedBuf::zeroed(span_usize, &uri)?;
+            let got = read_direct(&f, &mut buf.as_mut_full()[..span_usize], start, wanted, &uri)?;
+            if got < wanted {
+                return Err(shrank(got));
             }
             buf.len = wanted;
-            let head = (offset - start) as usize;
             Ok(Bytes::from_owner(buf).slice(head..head + len_usize))
         }
     }

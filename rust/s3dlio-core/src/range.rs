@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::buf::ZeroedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::RangeEngineConfig;
 use crate::s3::S3Store;
@@ -41,11 +42,12 @@ pub async fn get_split(
     let uri = format!("s3://{bucket}/{key}");
     let len = usize::try_from(size).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "object too large"))?;
     let chunk = usize::try_from(cfg.chunk_size).unwrap_or(usize::MAX).max(1);
-    // vec![0; n] is calloc: the pages come zeroed from the kernel and are written once, by the ranges.
-    let mut buf = vec![0u8; len];
+    // Zeroed by the kernel (huge pages when large) and written once, by the ranges.
+    let mut buf = ZeroedBuf::new(len, &uri)?;
     // Collected first: a stream holding a closure over `&mut` chunks trips the Send check of
     // callers that box this future (a higher-ranked lifetime limitation of rustc).
     let ranges: Vec<_> = buf
+        .as_mut_slice()
         .chunks_mut(chunk)
         .enumerate()
         .map(|(i, dst)| {
@@ -57,7 +59,7 @@ pub async fn get_split(
         .buffer_unordered(cfg.max_concurrent_ranges)
         .try_for_each(|()| async { Ok(()) })
         .await?;
-    Ok(Bytes::from(buf))
+    Ok(buf.freeze())
 }
 
 /// Read a whole object of unknown size: one GET of its first `chunk_size` bytes, which also gives
@@ -86,12 +88,13 @@ pub async fn get_whole(store: &S3Store, bucket: &str, key: &str, cfg: &RangeEngi
     // Below min_split_size the rest is one more request; from it up, chunk_size ranges.
     let chunk = if total >= cfg.min_split_size { cfg.chunk_size } else { total - have };
     let chunk = usize::try_from(chunk).unwrap_or(usize::MAX).max(1);
-    // calloc'd, written once: the first response copied in (one chunk), the rest by the ranges.
-    let mut buf = vec![0u8; len];
-    buf[..first.len()].copy_from_slice(&first);
+    // Zeroed by the kernel, written once: the first response copied in (one chunk), the rest by
+    // the ranges.
+    let mut buf = ZeroedBuf::new(len, &uri)?;
+    buf.as_mut_slice()[..first.len()].copy_from_slice(&first);
     drop(first);
     let start = usize::try_from(have).unwrap_or(len);
-    let ranges: Vec<_> = buf[start..]
+    let ranges: Vec<_> = buf.as_mut_slice()[start..]
         .chunks_mut(chunk)
         .enumerate()
         .map(|(i, dst)| {
@@ -103,5 +106,5 @@ pub async fn get_whole(store: &S3Store, bucket: &str, key: &str, cfg: &RangeEngi
         .buffer_unordered(cfg.max_concurrent_ranges)
         .try_for_each(|()| async { Ok(()) })
         .await?;
-    Ok(Bytes::from(buf))
+    Ok(buf.freeze())
 }

@@ -17,17 +17,25 @@ use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumVal
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CompletedMultipartUpload, CompletedPart, CreateBucketConfiguration, Delete,
-    ObjectIdentifier,
+    BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
+    CreateBucketConfiguration, Delete, ObjectIdentifier,
 };
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 
+use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
+
 use crate::config::{StoreConfig, MAX_PARTS, MIB};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::context;
 use crate::store::{ListPage, ObjectInfo};
+
+/// The base64 CRC32C (Castagnoli) of `data`, as `x-amz-checksum-crc32c` carries it.
+fn crc32c(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    aws_smithy_types::base64::encode(crc.to_be_bytes())
+}
 
 /// Everything that distinguishes one client from another. Holds secrets: never printed.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -216,24 +224,47 @@ impl S3Store {
             .map_err(|e| (e, false))?;
         let expected = resp.content_length().and_then(|n| usize::try_from(n).ok());
         let total = resp.content_range().and_then(total_from_content_range);
-        // The one honest copy: network chunks into one contiguous buffer, pre-sized.
-        let mut buf = BytesMut::with_capacity(expected.unwrap_or(0));
         let mut body = resp.body;
         let read_timeout = self.cfg.read_timeout;
         let failed =
             |kind: ErrorKind, msg: String, retryable: bool| (Error::new(kind, Some(&uri), msg), retryable);
-        while let Some(chunk) = next_chunk(&mut body, read_timeout, &uri).await? {
-            buf.extend_from_slice(&chunk);
-        }
-        if let Some(n) = expected {
-            if buf.len() != n {
-                return Err(failed(
-                    ErrorKind::Io,
-                    format!("body ended after {} of {} bytes", buf.len(), n),
-                    true,
-                ));
+        let short = |got: usize, n: usize| {
+            failed(ErrorKind::Io, format!("body ended after {got} of {n} bytes"), true)
+        };
+        // The one honest copy: network chunks into one contiguous buffer of the announced size
+        // (a huge-page mapping when large: see buf.rs).
+        let buf = match expected {
+            Some(n) if n >= MAP_THRESHOLD => {
+                let mut buf = ZeroedBuf::new(n, &uri).map_err(|e| (e, false))?;
+                let dst = buf.as_mut_slice();
+                let mut filled = 0usize;
+                while let Some(chunk) = next_chunk(&mut body, read_timeout, &uri).await? {
+                    let end = filled + chunk.len();
+                    if end > n {
+                        let msg = format!("server sent more than the {n} bytes it announced");
+                        return Err(failed(ErrorKind::Io, msg, true));
+                    }
+                    dst[filled..end].copy_from_slice(&chunk);
+                    filled = end;
+                }
+                if filled != n {
+                    return Err(short(filled, n));
+                }
+                buf.freeze()
             }
-        }
+            _ => {
+                let mut buf = BytesMut::with_capacity(expected.unwrap_or(0));
+                while let Some(chunk) = next_chunk(&mut body, read_timeout, &uri).await? {
+                    buf.extend_from_slice(&chunk);
+                }
+                if let Some(n) = expected {
+                    if buf.len() != n {
+                        return Err(short(buf.len(), n));
+                    }
+                }
+                buf.freeze()
+            }
+        };
         if let (Some((offset, Some(len))), true) = (range, exact) {
             if buf.len() as u64 != len {
                 let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
@@ -241,7 +272,7 @@ impl S3Store {
                 return Err(failed(ErrorKind::InvalidRange, msg, false));
             }
         }
-        Ok((buf.freeze(), total))
+        Ok((buf, total))
     }
 
     /// GET `dst.len()` bytes at `offset` straight into `dst` (no intermediate buffer). When
@@ -384,6 +415,11 @@ impl S3Store {
         )
     }
 
+    /// Write an object. Every request body carries its CRC32C (`x-amz-checksum-crc32c`, hardware
+    /// accelerated), which the server checks before storing anything: a body altered on the way
+    /// is refused (`BadDigest`), never stored. With that check in place the payload is not also
+    /// hashed with SHA-256 for SigV4 (`UNSIGNED-PAYLOAD`), the largest client-side CPU cost of an
+    /// upload; headers are still signed.
     pub async fn put(&self, bucket: &str, key: &str, data: Bytes) -> Result<()> {
         let uri = Self::uri(bucket, key);
         if (data.len() as u64) < self.cfg.multipart_threshold {
@@ -391,7 +427,10 @@ impl S3Store {
                 .put_object()
                 .bucket(bucket)
                 .key(key)
+                .checksum_crc32_c(crc32c(&data))
                 .body(ByteStream::from(data))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| map_sdk_err(e, &uri))?;
@@ -409,6 +448,7 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
             .send()
             .await
             .map_err(|e| map_sdk_err(e, uri))?;
@@ -437,10 +477,22 @@ impl S3Store {
                     .key(key)
                     .upload_id(&upload_id)
                     .part_number(number)
+                    .checksum_crc32_c(crc32c(&body))
                     .body(ByteStream::from(body));
                 async move {
-                    let out = req.send().await.map_err(|e| map_sdk_err(e, uri))?;
-                    Ok::<_, Error>(CompletedPart::builder().set_e_tag(out.e_tag).part_number(number).build())
+                    let out = req
+                        .customize()
+                        .disable_payload_signing()
+                        .send()
+                        .await
+                        .map_err(|e| map_sdk_err(e, uri))?;
+                    Ok::<_, Error>(
+                        CompletedPart::builder()
+                            .set_e_tag(out.e_tag)
+                            .set_checksum_crc32_c(out.checksum_crc32_c)
+                            .part_number(number)
+                            .build(),
+                    )
                 }
             }))
             .buffer_unordered(self.cfg.max_concurrency)
