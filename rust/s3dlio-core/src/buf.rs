@@ -1,11 +1,16 @@
 //! Zeroed buffers for whole objects, written once (by a read or by ranged GETs) and then owned by a
 //! `Bytes` (handed to Python without a copy).
 //!
-//! Large buffers are anonymous mappings aligned to 2 MiB and advised for transparent huge pages
-//! (`MADV_HUGEPAGE`), so that filling 16 MiB takes 8 page faults instead of 4,096. Page faults of
-//! fresh memory were the largest client-side cost of reading large objects (docs/benchmarks.md).
-//! The kernel hands out mapped pages zeroed, so the buffer is initialised without a memset pass;
-//! `munmap` on drop returns the memory at once. Small buffers come from the heap (`calloc`).
+//! Large buffers are anonymous mappings, the kernel hands out their pages zeroed (no memset pass)
+//! and `munmap` on drop returns the memory at once. Faulting fresh pages in one 4 KiB page at a
+//! time costs a trap per page; buffers up to [`POPULATE_MAX`] are populated in one call instead
+//! (`MADV_POPULATE_WRITE`, Linux 5.14+; elsewhere the pages fault in as they are written), which
+//! halved the cost of fresh memory on the benchmark machine (docs/benchmarks.md). Larger buffers
+//! (a ranged 1 GiB GET) fault in as their ranges arrive, so filling overlaps the network instead
+//! of delaying the first request. Huge pages (`MADV_HUGEPAGE`) are deliberately not requested:
+//! with the common `defrag=madvise` setting the kernel compacts memory synchronously to find
+//! them, which made reads several times slower once the page cache had filled memory.
+//! Small buffers come from the heap (`calloc`).
 
 use std::ptr::NonNull;
 
@@ -13,10 +18,13 @@ use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Transparent-huge-page size on x86-64 and arm64 (4 KiB base pages).
-const HUGE: usize = 2 << 20;
-/// Buffers at least this large are mapped; smaller ones are heap allocations.
-pub const MAP_THRESHOLD: usize = 2 * HUGE;
+/// Buffers at least this large are mapped (glibc would map them too: s3dlio sets its mmap threshold
+/// to 1 MiB, see runtime.rs); smaller ones are heap allocations.
+pub const MAP_THRESHOLD: usize = 1 << 20;
+/// Mapped buffers up to this size are populated when allocated.
+pub const POPULATE_MAX: usize = 64 << 20;
+/// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate's constants.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
 
 /// A zeroed, writable buffer of `len` bytes (see the module documentation).
 pub struct ZeroedBuf(Storage);
@@ -37,13 +45,12 @@ impl ZeroedBuf {
             return Ok(ZeroedBuf(Storage::Heap(vec![0u8; len])));
         }
         let oom = || Error::new(ErrorKind::Io, Some(uri), format!("cannot allocate {len} bytes"));
-        let mapped = len.checked_next_multiple_of(HUGE).ok_or_else(oom)?;
-        let reserve = mapped.checked_add(HUGE).ok_or_else(oom)?;
+        let mapped = len;
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                reserve,
+                mapped,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -53,23 +60,14 @@ impl ZeroedBuf {
         if raw == libc::MAP_FAILED {
             return Err(oom());
         }
-        // Keep the 2 MiB-aligned part and give back the unaligned head and the surplus tail.
-        let start = raw as usize;
-        let aligned = start.next_multiple_of(HUGE);
-        let head = aligned - start;
-        let tail = reserve - head - mapped;
-        // SAFETY: both ranges lie inside the mapping just made, and nothing refers to them.
-        unsafe {
-            if head > 0 {
-                libc::munmap(raw, head);
+        if len <= POPULATE_MAX {
+            // SAFETY: advice on the mapping just made. Failure (an older kernel) only means the
+            // pages fault in one by one as they are written.
+            unsafe {
+                libc::madvise(raw, mapped, MADV_POPULATE_WRITE);
             }
-            if tail > 0 {
-                libc::munmap((aligned + mapped) as *mut libc::c_void, tail);
-            }
-            // Advice only: where huge pages are disabled this fails harmlessly.
-            libc::madvise(aligned as *mut libc::c_void, mapped, libc::MADV_HUGEPAGE);
         }
-        let ptr = NonNull::new(aligned as *mut u8).ok_or_else(oom)?;
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(oom)?;
         Ok(ZeroedBuf(Storage::Map { ptr, len, mapped }))
     }
 
@@ -128,7 +126,7 @@ mod tests {
 
     #[test]
     fn small_and_large_buffers_are_zeroed_writable_and_frozen_without_copy() {
-        for len in [0, 1, 4096, MAP_THRESHOLD - 1, MAP_THRESHOLD, MAP_THRESHOLD + 12345, 3 * HUGE] {
+        for len in [0, 1, 4096, MAP_THRESHOLD - 1, MAP_THRESHOLD, MAP_THRESHOLD + 12345, POPULATE_MAX + 1] {
             let mut b = ZeroedBuf::new(len, "test://").unwrap();
             assert_eq!(b.len(), len);
             assert!(b.as_ref().iter().all(|&x| x == 0));
@@ -137,7 +135,7 @@ mod tests {
             }
             let addr = b.as_ref().as_ptr() as usize;
             if len >= MAP_THRESHOLD {
-                assert_eq!(addr % HUGE, 0, "mapped buffers are 2 MiB aligned");
+                assert_eq!(addr % 4096, 0, "mapped buffers are page aligned (O_DIRECT needs it)");
             }
             let bytes = b.freeze();
             assert_eq!(bytes.len(), len);

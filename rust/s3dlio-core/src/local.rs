@@ -180,7 +180,7 @@ pub fn get(path: &Path, mode: Mode, range: Option<(u64, Option<u64>)>) -> Result
                 )
             };
             if span_usize >= MAP_THRESHOLD {
-                // Page-aligned (2 MiB in fact), as O_DIRECT needs.
+                // Page-aligned, as O_DIRECT needs.
                 let mut buf = ZeroedBuf::new(span_usize, &uri)?;
                 let got = read_direct(&f, buf.as_mut_slice(), start, wanted, &uri)?;
                 if got < wanted {

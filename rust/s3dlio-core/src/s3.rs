@@ -1,9 +1,10 @@
 //! The `s3://` backend over aws-sdk-s3.
 //!
-//! Clients are cached per process (see [`crate::runtime`]) and per resolved configuration. Request
-//! checksums are computed only when an operation requires them, so strict S3-compatible servers
-//! (Garage, Ceph, MinIO, SeaweedFS) accept uploads; retries use the SDK's standard mode (jittered
-//! exponential backoff on throttling, 5xx, timeouts and connection errors).
+//! Clients are cached per process (see [`crate::runtime`]) and per resolved configuration. Uploads
+//! carry a CRC32C header computed here (see [`S3Store::put`]); the SDK's own automatic checksums
+//! (aws-chunked trailers) are used only when an operation requires them, so strict S3-compatible
+//! servers accept uploads. Retries use the SDK's standard mode (jittered exponential backoff on
+//! throttling, 5xx, timeouts and connection errors).
 
 use std::time::Duration;
 
