@@ -406,13 +406,33 @@ class FaultProxy:
                     if not complete:
                         return
                     continue  # the whole body fit under stall_after
+
+                # The request stops counting as in flight just before its last response byte is
+                # relayed: once the client has the whole body it may send its next request at
+                # once, before this thread gets back from sendall.
+                def finish() -> None:
+                    nonlocal in_flight
+                    if in_flight:
+                        in_flight = False
+                        with self._lock:
+                            self._in_flight -= 1
+
                 client.sendall(rraw)
                 complete = True
                 if _response_has_body(method, status):
-                    complete = _copy_body(up_rd, rheaders, client.sendall, until_close=True)
-                with self._lock:
-                    self._in_flight -= 1
-                in_flight = False
+                    length = _header(rheaders, "content-length")
+                    chunked = "chunked" in (_header(rheaders, "transfer-encoding") or "").lower()
+                    left = [int(length)] if length is not None and not chunked else None
+
+                    def relay(b: bytes, left: list[int] | None = left) -> None:
+                        if left is not None:
+                            left[0] -= len(b)
+                            if left[0] <= 0:
+                                finish()
+                        client.sendall(b)
+
+                    complete = _copy_body(up_rd, rheaders, relay, until_close=True)
+                finish()
                 conn_hdr = (_header(rheaders, "connection") or "").lower()
                 if not complete or conn_hdr == "close":
                     return
