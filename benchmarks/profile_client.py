@@ -4,7 +4,7 @@
     perf report -i OUT.perf --no-children --sort sym --stdio -g none | head -40
 
 Starts SeaweedFS pinned to core 1, writes COUNT objects of SIZE bytes (for ``get`` and
-``epoch``), then runs ``bench_client.py CLIENT KIND`` pinned to core 0 under
+``epoch``; files under ``.bench/profile/`` for ``file`` and ``direct``), then runs ``bench_client.py CLIENT KIND`` pinned to core 0 under
 ``perf record -F 1999 -g``, exactly as ``bench.py`` runs it (set-up first, then the timed work).
 """
 
@@ -36,6 +36,14 @@ def main() -> int:
         if kind in ("get", "epoch"):
             block = os.urandom(size)
             s3dlio.put_many([(u, i.to_bytes(8, "little") + block[8:]) for i, u in enumerate(uris)])
+        elif kind in ("file", "direct"):  # files on the disk under .bench/profile/
+            folder = HERE.parent / ".bench" / "profile"
+            folder.mkdir(parents=True, exist_ok=True)
+            block = os.urandom(size)
+            for i in range(n):
+                (folder / f"{i:05d}").write_bytes(i.to_bytes(8, "little") + block[8:])
+            uris = [f"{kind}://{folder}/{i:05d}" for i in range(n)]
+            spec.update(uris=uris, prefix=f"{kind}://{folder}/")
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
         cmd = ["perf", "record", "-F", "1999", "-g", "-o", out, "--", "taskset", "-c", "0",
