@@ -154,7 +154,11 @@ class LocalS3Server:
             "-master.volumeSizeLimitMB=1024",
             f"-volume.port={ports['volume']}",
             f"-volume.port.grpc={free_port()}",
-            "-volume.max=0",
+            # A fixed volume count: 0 ("auto") derives it from the free disk space divided by the
+            # volume size limit, and every bucket grows 7 volumes, so on a disk with 20 GB free
+            # the third or fourth bucket got HTTP 500 ("Not enough data nodes found"). Volumes
+            # take disk space only for what is written.
+            "-volume.max=1000",
             f"-filer.port={ports['filer']}",
             f"-filer.port.grpc={free_port()}",
             "-filer.localSocket=" + os.path.join(self.data_dir, "filer.sock"),
