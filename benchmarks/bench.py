@@ -113,10 +113,10 @@ def client_python(client: str, ref_python: str | None) -> str | None:
         return sys.executable if shutil.which(client) else None
     if client == "s3dlio-0.10.0":
         return ref_python if ref_python and os.path.exists(ref_python) else None
-    module = {"s5cmd": None, "numpy.fromfile": "numpy"}.get(client, client)
     if client == "s5cmd":
         exe = shutil.which("s5cmd") or os.path.join(os.path.dirname(sys.executable), "s5cmd")
         return sys.executable if os.path.exists(exe) else None
+    module = "numpy" if client == "numpy.fromfile" else client
     probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     return sys.executable if probe.returncode == 0 else None
 

@@ -31,7 +31,7 @@ pub struct ZeroedBuf(Storage);
 
 enum Storage {
     Heap(Vec<u8>),
-    Map { ptr: NonNull<u8>, len: usize, mapped: usize },
+    Map { ptr: NonNull<u8>, len: usize },
 }
 
 // SAFETY: the mapping is owned exclusively by this value; shared access is read-only (`AsRef`).
@@ -45,12 +45,11 @@ impl ZeroedBuf {
             return Ok(ZeroedBuf(Storage::Heap(vec![0u8; len])));
         }
         let oom = || Error::new(ErrorKind::Io, Some(uri), format!("cannot allocate {len} bytes"));
-        let mapped = len;
         // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
         let raw = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                mapped,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -64,11 +63,11 @@ impl ZeroedBuf {
             // SAFETY: advice on the mapping just made. Failure (an older kernel) only means the
             // pages fault in one by one as they are written.
             unsafe {
-                libc::madvise(raw, mapped, MADV_POPULATE_WRITE);
+                libc::madvise(raw, len, MADV_POPULATE_WRITE);
             }
         }
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(oom)?;
-        Ok(ZeroedBuf(Storage::Map { ptr, len, mapped }))
+        Ok(ZeroedBuf(Storage::Map { ptr, len }))
     }
 
     pub fn len(&self) -> usize {
@@ -111,10 +110,10 @@ impl AsRef<[u8]> for ZeroedBuf {
 
 impl Drop for ZeroedBuf {
     fn drop(&mut self) {
-        if let Storage::Map { ptr, mapped, .. } = self.0 {
+        if let Storage::Map { ptr, len } = self.0 {
             // SAFETY: the range was mapped in `new` and is no longer referenced.
             unsafe {
-                libc::munmap(ptr.as_ptr().cast(), mapped);
+                libc::munmap(ptr.as_ptr().cast(), len);
             }
         }
     }

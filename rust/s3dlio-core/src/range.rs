@@ -42,24 +42,40 @@ pub async fn get_split(
     let uri = format!("s3://{bucket}/{key}");
     let len = usize::try_from(size).map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "object too large"))?;
     let chunk = usize::try_from(cfg.chunk_size).unwrap_or(usize::MAX).max(1);
-    // Zeroed by the kernel (huge pages when large) and written once, by the ranges.
+    // Zeroed by the kernel and written once, by the ranges.
     let mut buf = ZeroedBuf::new(len, &uri)?;
+    fill(store, bucket, key, &uri, buf.as_mut_slice(), 0, chunk, size, cfg).await?;
+    Ok(buf.freeze())
+}
+
+/// Fill `dst`, which holds the object's bytes from `offset` on, with `chunk`-sized ranged GETs,
+/// at most `max_concurrent_ranges` in flight, each checking that the object is `total` bytes.
+#[allow(clippy::too_many_arguments)]
+async fn fill(
+    store: &S3Store,
+    bucket: &str,
+    key: &str,
+    uri: &str,
+    dst: &mut [u8],
+    offset: u64,
+    chunk: usize,
+    total: u64,
+    cfg: &RangeEngineConfig,
+) -> Result<()> {
     // Collected first: a stream holding a closure over `&mut` chunks trips the Send check of
     // callers that box this future (a higher-ranked lifetime limitation of rustc).
-    let ranges: Vec<_> = buf
-        .as_mut_slice()
+    let ranges: Vec<_> = dst
         .chunks_mut(chunk)
         .enumerate()
-        .map(|(i, dst)| {
-            let offset = (i * chunk) as u64;
-            within(cfg.range_timeout, &uri, store.get_range_into(bucket, key, offset, dst, Some(size)))
+        .map(|(i, part)| {
+            let at = offset + (i * chunk) as u64;
+            within(cfg.range_timeout, uri, store.get_range_into(bucket, key, at, part, Some(total)))
         })
         .collect();
     futures::stream::iter(ranges)
         .buffer_unordered(cfg.max_concurrent_ranges)
         .try_for_each(|()| async { Ok(()) })
-        .await?;
-    Ok(buf.freeze())
+        .await
 }
 
 /// Read a whole object of unknown size: one GET of its first `chunk_size` bytes, which also gives
@@ -94,17 +110,6 @@ pub async fn get_whole(store: &S3Store, bucket: &str, key: &str, cfg: &RangeEngi
     buf.as_mut_slice()[..first.len()].copy_from_slice(&first);
     drop(first);
     let start = usize::try_from(have).unwrap_or(len);
-    let ranges: Vec<_> = buf.as_mut_slice()[start..]
-        .chunks_mut(chunk)
-        .enumerate()
-        .map(|(i, dst)| {
-            let offset = have + (i * chunk) as u64;
-            within(cfg.range_timeout, &uri, store.get_range_into(bucket, key, offset, dst, Some(total)))
-        })
-        .collect();
-    futures::stream::iter(ranges)
-        .buffer_unordered(cfg.max_concurrent_ranges)
-        .try_for_each(|()| async { Ok(()) })
-        .await?;
+    fill(store, bucket, key, &uri, &mut buf.as_mut_slice()[start..], have, chunk, total, cfg).await?;
     Ok(buf.freeze())
 }

@@ -207,9 +207,18 @@ pub async fn list(
 /// Write an object. S3: one request below the multipart threshold, concurrent multipart above it
 /// (aborted on any failure). Local: temporary file renamed into place.
 pub async fn put(uri: &str, data: Bytes, cfg: &StoreConfig) -> Result<()> {
-    match Backend::new(Location::parse_object(uri)?, cfg).await? {
-        Backend::S3 { store, bucket, key } => store.put(&bucket, &key, data).await,
-        Backend::Local { path, mode } => blocking(move || local::put(&path, mode, &data)).await,
+    put_with(Location::parse_object(uri)?, data, None, cfg).await
+}
+
+/// Write `loc`, reusing `s3` when the caller already has a store.
+async fn put_with(loc: Location, data: Bytes, s3: Option<&S3Store>, cfg: &StoreConfig) -> Result<()> {
+    match loc {
+        Location::S3 { bucket, key } => match s3 {
+            Some(store) => store.put(&bucket, &key, data).await,
+            None => S3Store::new(cfg).await?.put(&bucket, &key, data).await,
+        },
+        Location::File { path } => blocking(move || local::put(&path, Mode::Buffered, &data)).await,
+        Location::Direct { path } => blocking(move || local::put(&path, Mode::Direct, &data)).await,
     }
 }
 
@@ -231,19 +240,10 @@ pub async fn put_many(items: Vec<(String, Bytes)>, concurrency: usize, cfg: &Sto
         None
     };
     let s3 = s3.as_ref();
-    futures::stream::iter(items.into_iter().map(|(loc, data)| async move {
-        match loc {
-            Location::S3 { bucket, key } => match s3 {
-                Some(store) => store.put(&bucket, &key, data).await,
-                None => S3Store::new(cfg).await?.put(&bucket, &key, data).await,
-            },
-            Location::File { path } => blocking(move || local::put(&path, Mode::Buffered, &data)).await,
-            Location::Direct { path } => blocking(move || local::put(&path, Mode::Direct, &data)).await,
-        }
-    }))
-    .buffer_unordered(concurrency)
-    .try_for_each(|()| async { Ok(()) })
-    .await
+    futures::stream::iter(items.into_iter().map(|(loc, data)| put_with(loc, data, s3, cfg)))
+        .buffer_unordered(concurrency)
+        .try_for_each(|()| async { Ok(()) })
+        .await
 }
 
 /// Delete exactly the object named (never a prefix match). Missing objects are not an error.
