@@ -228,20 +228,40 @@ def delete(uri: str, *, config: StorageConfig | None = None) -> None:
     _core.delete(uri, _native(config))
 
 
-def delete_prefix(uri: str, *, config: StorageConfig | None = None) -> int:
-    """Delete every object whose key starts with the prefix; returns how many were deleted."""
-    return _core.delete_prefix(uri, _native(config))
+def delete_prefix(
+    uri: str, *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> int:
+    """Delete what the prefix names, treating it as a directory on every backend; returns how
+    many objects were deleted.
+
+    ``delete_prefix("s3://b/p")`` deletes the object ``p`` itself (if there is one) and every key
+    under ``p/``, never a sibling that merely starts with ``p`` (``p2/obj``, ``p_v2``, ``pz``);
+    ``s3://b/`` empties the bucket. On ``file://`` / ``direct://`` the same holds for paths, and
+    directories left empty are removed. Folder markers are deleted and counted. Deletes go in
+    batches (S3 DeleteObjects, up to 1,000 keys each), at most ``max_concurrency`` (default
+    ``config.max_concurrency``) in flight. Listing (:func:`list`) keeps S3's string-prefix
+    semantics; only this destructive call is boundary-safe.
+    """
+    return _core.delete_prefix(uri, max_concurrency, _native(config))
 
 
 def upload(local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None) -> int:
-    """Upload a local directory tree under a prefix, keeping relative paths; returns the file count."""
+    """Upload a local directory tree under a prefix, keeping relative paths; returns the file count.
+
+    ``local_dir`` may be relative to the current directory: ``upload("./dataset", "s3://b/ds")``
+    writes ``ds/a.bin``, ``ds/sub/c.bin``. Symbolic links to files and directories are followed
+    (a file's content is uploaded under the link's name); a directory link that loops and a
+    dangling link are errors, never silently skipped. Large files are streamed in ``part_size``
+    parts, so memory stays near ``max_concurrency`` x ``part_size`` whatever the file sizes."""
     return _core.upload(_path(local_dir), uri, _native(config))
 
 
 def download(uri: str, local_dir: str | os.PathLike[str], *, config: StorageConfig | None = None) -> int:
     """Download every object under a prefix into a local directory, keeping relative paths.
 
-    Keys that would escape ``local_dir`` (``..``, absolute paths) are refused. Returns the count."""
+    ``local_dir`` may be relative to the current directory. Folder markers (zero-byte ``dir/``
+    keys) are skipped; keys that would escape ``local_dir`` (``..``, absolute paths) are refused.
+    Large objects are streamed in ``part_size`` ranged reads. Returns the count."""
     return _core.download(uri, _path(local_dir), _native(config))
 
 
@@ -319,9 +339,11 @@ async def delete_async(uri: str, *, config: StorageConfig | None = None) -> None
     await _core.delete_async(uri, _native(config))
 
 
-async def delete_prefix_async(uri: str, *, config: StorageConfig | None = None) -> int:
+async def delete_prefix_async(
+    uri: str, *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> int:
     """Async :func:`delete_prefix`."""
-    return await _core.delete_prefix_async(uri, _native(config))
+    return await _core.delete_prefix_async(uri, max_concurrency, _native(config))
 
 
 async def upload_async(

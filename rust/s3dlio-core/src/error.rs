@@ -25,6 +25,8 @@ pub enum ErrorKind {
     InvalidRange,
     /// `direct://` on a filesystem that refuses O_DIRECT.
     DirectIoUnsupported,
+    /// The object changed while it was being read (an `If-Match` precondition failed).
+    Changed,
     /// Everything else: I/O, network, HTTP 5xx after retries, protocol errors.
     Io,
 }
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::InvalidConfig => "invalid configuration",
             ErrorKind::InvalidRange => "range not satisfiable",
             ErrorKind::DirectIoUnsupported => "O_DIRECT not supported",
+            ErrorKind::Changed => "object changed",
             ErrorKind::Io => "I/O error",
         }
     }
@@ -52,13 +55,56 @@ pub struct Error {
     kind: ErrorKind,
     uri: Option<String>,
     message: String,
+    detail: Option<Box<ServerDetail>>,
+}
+
+/// What the server said about a failed request, where it said it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerDetail {
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Service error code (`NoSuchKey`, `SlowDown`, ...).
+    pub code: Option<String>,
+    /// Request id, for the server operator's logs.
+    pub request_id: Option<String>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, uri: Option<&str>, message: impl Into<String>) -> Self {
-        Error { kind, uri: uri.map(str::to_owned), message: message.into() }
+        Error { kind, uri: uri.map(str::to_owned), message: message.into(), detail: None }
+    }
+
+    /// Attach what the server said (status, code, request id).
+    pub fn with_detail(mut self, detail: ServerDetail) -> Self {
+        self.detail = Some(Box::new(detail));
+        self
+    }
+
+    /// What the server said, when the error came from a server response.
+    pub fn detail(&self) -> Option<&ServerDetail> {
+        self.detail.as_deref()
+    }
+
+    /// HTTP status of the failed response, if any.
+    pub fn status(&self) -> Option<u16> {
+        self.detail.as_ref().and_then(|d| d.status)
+    }
+
+    /// Whether another attempt of the same request may succeed: throttling, timeouts, 5xx and
+    /// connection-level failures; never a 4xx answer, a bad argument or a cancellation.
+    pub fn is_transient(&self) -> bool {
+        match self.kind {
+            ErrorKind::Throttled | ErrorKind::Timeout => true,
+            ErrorKind::Io => self.status().is_none_or(|s| s >= 500),
+            _ => false,
+        }
+    }
+
+    /// An impossible byte range (a `ValueError` in Python) about `uri`.
+    pub fn invalid_range(uri: &str, message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidRange, Some(uri), message)
     }
 
     pub fn kind(&self) -> ErrorKind {

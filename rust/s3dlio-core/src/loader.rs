@@ -23,11 +23,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops;
 use crate::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
-use crate::range;
 use crate::runtime::Context;
-use crate::s3::S3Store;
-use crate::store;
 use crate::uri::Location;
 
 /// Spawn `producer` on `ctx`, tracked by `tracker` (and by `ctx`), feeding a channel of capacity `cap`. The
@@ -148,7 +146,6 @@ pub struct BatchLoader {
 /// Everything one fetch needs; shared by all the loader's requests.
 struct Fetcher {
     source: Arc<Source>,
-    s3: Option<S3Store>,
     cfg: StoreConfig,
     range: RangeEngineConfig,
     request_timeout: Option<Duration>,
@@ -174,15 +171,7 @@ impl Fetcher {
                 self.source.len()
             )));
         };
-        let work = async {
-            let loc = Location::parse_object(uri)?;
-            match (&loc, &self.s3) {
-                (Location::S3 { bucket, key }, Some(s3)) if range::should_split(*size, &self.range) => {
-                    range::get_split(s3, bucket, key, size.unwrap_or(0), &self.range).await
-                }
-                _ => store::get_with(loc, None, self.s3.as_ref(), &self.cfg).await,
-            }
-        };
+        let work = ops::get_sized(uri, *size, &self.cfg, &self.range);
         match self.request_timeout {
             None => work.await,
             Some(d) => tokio::time::timeout(d, work).await.map_err(|_| {
@@ -213,7 +202,6 @@ impl BatchLoader {
             order.truncate(order.len() / batch_size * batch_size); // never fetch what is dropped
         }
         let (in_order, on_error, pool_size) = (opts.in_order, opts.on_error, pool.pool_size.max(1));
-        let needs_s3 = source.uris.iter().any(|u| u.starts_with("s3://"));
         let (cfg, range, request_timeout) = (cfg.clone(), range.clone(), pool.request_timeout);
         let stats = Arc::new(LoaderStats::default());
         let fetch_stats = Arc::clone(&stats);
@@ -221,20 +209,7 @@ impl BatchLoader {
         // ready can loop many times within one poll, never returning to spawn_prefetch's select.
         let stop = token.clone();
         let rx = spawn_prefetch(ctx, &tracker, pool.readahead_batches, token.clone(), move |tx| async move {
-            let s3 = if needs_s3 {
-                match S3Store::new(&cfg).await {
-                    Ok(s) => Some(s),
-                    Err(error) => {
-                        let _ = tx
-                            .send(Err(BatchFailure { positions: Vec::new(), indices: Vec::new(), error }))
-                            .await;
-                        return;
-                    }
-                }
-            } else {
-                None
-            };
-            let fetcher = Arc::new(Fetcher { source, s3, cfg, range, request_timeout, stats: fetch_stats });
+            let fetcher = Arc::new(Fetcher { source, cfg, range, request_timeout, stats: fetch_stats });
             // take_until: once cancelled, not one more request starts.
             let order = futures::stream::iter(order.into_iter().enumerate())
                 .take_until(stop.clone().cancelled_owned());

@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -21,7 +23,9 @@ pub struct Context {
     pid: u32,
     runtime: Runtime,
     tracker: TaskTracker,
-    pub(crate) s3_clients: Mutex<HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>>,
+    cleanup: TaskTracker,
+    s3_clients: Mutex<HashMap<crate::backend::s3::ClientKey, aws_sdk_s3::Client>>,
+    backends: Mutex<HashMap<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>>,
 }
 
 static CURRENT: Mutex<Option<&'static Context>> = Mutex::new(None);
@@ -55,7 +59,9 @@ pub fn context() -> Result<&'static Context> {
         pid,
         runtime,
         tracker: TaskTracker::new(),
+        cleanup: TaskTracker::new(),
         s3_clients: Mutex::new(HashMap::new()),
+        backends: Mutex::new(HashMap::new()),
     }));
     *current = Some(ctx);
     Ok(ctx)
@@ -106,13 +112,47 @@ impl Context {
         self.tracker.spawn_on(fut, self.runtime.handle())
     }
 
-    /// Tasks spawned through this context that are still alive.
-    pub fn live_tasks(&self) -> usize {
-        self.tracker.len()
+    /// Spawn work that must finish even though its caller is gone (aborting a multipart upload
+    /// after a cancellation). It counts in [`Context::live_tasks`]; [`Context::wait_cleanup`]
+    /// waits for it.
+    pub fn spawn_cleanup<F>(&self, fut: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.cleanup.spawn_on(fut, self.runtime.handle())
     }
 
-    pub(crate) fn clients(&self) -> MutexGuard<'_, HashMap<crate::s3::ClientKey, aws_sdk_s3::Client>> {
+    /// A token that counts as one cleanup task until dropped (blocking filesystem work).
+    pub fn cleanup_token(&self) -> TaskTrackerToken {
+        self.cleanup.token()
+    }
+
+    /// Wait (at most `limit`) until no cleanup work is left; true when none is.
+    pub async fn wait_cleanup(&self, limit: Duration) -> bool {
+        let idle = async {
+            while !self.cleanup.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(limit, idle).await.is_ok()
+    }
+
+    /// Tasks spawned through this context, and cleanup and blocking work, still alive.
+    pub fn live_tasks(&self) -> usize {
+        self.tracker.len() + self.cleanup.len()
+    }
+
+    pub(crate) fn clients(
+        &self,
+    ) -> MutexGuard<'_, HashMap<crate::backend::s3::ClientKey, aws_sdk_s3::Client>> {
         lock(&self.s3_clients)
+    }
+
+    pub(crate) fn backends(
+        &self,
+    ) -> MutexGuard<'_, HashMap<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>> {
+        lock(&self.backends)
     }
 }
 

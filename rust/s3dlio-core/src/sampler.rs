@@ -108,10 +108,20 @@ mod tests {
 
     #[test]
     fn pinned_stream() {
-        // The order is part of the resume contract: it must never change between releases.
-        assert_eq!(epoch_order(8, 42, 0, true), epoch_order(8, 42, 0, true));
+        // The order is part of the resume contract: it must never change between releases. These
+        // are golden values (tests/test_sampler_golden.py pins the same ones through Python): a
+        // change to SplitMix64, epoch_seed, `below` or the Fisher-Yates loop breaks every saved
+        // resume state, and must fail here.
+        assert_eq!(epoch_order(8, 42, 0, true), vec![1, 4, 5, 6, 3, 7, 0, 2]);
+        assert_eq!(epoch_order(8, 42, 1, true), vec![3, 1, 0, 5, 2, 6, 4, 7]);
+        assert_eq!(
+            epoch_order(20, 0, 3, true),
+            vec![13, 17, 12, 18, 6, 2, 15, 1, 7, 9, 10, 3, 16, 5, 8, 19, 11, 14, 4, 0]
+        );
+        assert_eq!(&epoch_order(1000, 7, 0, true)[..10], &[242, 705, 715, 683, 362, 277, 561, 435, 307, 283]);
         let mut g = SplitMix64::new(0);
         assert_eq!(g.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(g.next_u64(), 0x6E78_9E6A_A1B9_65F4);
     }
 
     #[test]

@@ -75,6 +75,15 @@ impl Location {
         }
     }
 
+    /// The scheme, as written in URIs.
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Location::S3 { .. } => "s3",
+            Location::File { .. } => "file",
+            Location::Direct { .. } => "direct",
+        }
+    }
+
     /// The URI string of this location.
     pub fn to_uri(&self) -> String {
         match self {
@@ -110,20 +119,28 @@ fn join_str(path: &Path, suffix: &str) -> PathBuf {
 }
 
 fn local_path(uri: &str, rest: &str) -> Result<PathBuf> {
+    // RFC 8089: `file://localhost/x` is `/x` (the authority names this machine).
+    let rest = match rest.strip_prefix("localhost") {
+        Some(after) if after.starts_with('/') => after,
+        _ => rest,
+    };
     if rest.is_empty() {
         return Err(Error::invalid_uri(uri, "names no path (use file:///absolute/path)"));
     }
     if rest.contains('\0') {
         return Err(Error::invalid_uri(uri, "contains a NUL byte"));
     }
-    let p = PathBuf::from(rest);
-    if p.is_absolute() {
-        Ok(p)
-    } else {
-        // file://relative/path: relative to the current directory, resolved now.
-        let cwd = std::env::current_dir().map_err(|e| Error::from_io(&e, uri))?;
-        Ok(cwd.join(p))
+    absolute(Path::new(rest)).map_err(|e| e.with_uri(uri))
+}
+
+/// A local path made absolute against the current directory, now: the one place a relative local
+/// path (`"dataset"`, `"./dataset"`, `file://rel/x`) is resolved. `.` components and repeated
+/// separators go; `..` stays (lexical folding would be wrong across symlinks).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::invalid_config("an empty local path"));
     }
+    std::path::absolute(path).map_err(|e| Error::from_io(&e, &path.to_string_lossy()))
 }
 
 fn validate_bucket(uri: &str, bucket: &str) -> Result<()> {
@@ -157,6 +174,10 @@ mod tests {
     fn parses_local() {
         assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File { path: "/tmp/x".into() });
         assert_eq!(Location::parse("direct:///d/x").unwrap(), Location::Direct { path: "/d/x".into() });
+        assert_eq!(Location::parse("file://localhost/x").unwrap(), Location::File { path: "/x".into() });
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(Location::parse("file://rel/./x").unwrap(), Location::File { path: cwd.join("rel/x") });
+        assert_eq!(absolute(Path::new("./d//e")).unwrap(), cwd.join("d/e"));
     }
 
     #[test]

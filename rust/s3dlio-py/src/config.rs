@@ -1,8 +1,9 @@
-//! `Config`: the validated native twin of `s3dlio.StorageConfig`.
+//! `Config`: the validated native twin of `s3dlio.StorageConfig`. Every field is converted
+//! generically from the core's one declaration (`StoreConfig::FIELDS`); nothing here names a field.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict};
-use s3dlio_core::config::seconds;
+use pyo3::types::{PyBool, PyDict, PyList};
+use s3dlio_core::config::{mask_key_id, FieldKind, FieldSpec, Value};
 use s3dlio_core::StoreConfig;
 
 use crate::errors::{invalid_config, to_pyerr};
@@ -12,29 +13,54 @@ pub struct Config {
     pub inner: StoreConfig,
 }
 
-fn opt_string(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+/// A Python value as the core's generic [`Value`], typed by the field's kind.
+fn value(spec: &FieldSpec, v: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let name = spec.name;
     if v.is_none() {
-        return Ok(None);
+        return Ok(Value::None); // the core refuses None for fields that are not optional
     }
-    v.extract::<String>().map(Some).map_err(|_| invalid_config(format!("{name} must be a string or None")))
+    let is_bool = v.is_instance_of::<PyBool>();
+    match spec.kind {
+        FieldKind::OptStr => v
+            .extract::<String>()
+            .map(Value::Str)
+            .map_err(|_| invalid_config(format!("{name} must be a string or None"))),
+        FieldKind::OptBool | FieldKind::Bool if is_bool => Ok(Value::Bool(v.extract::<bool>()?)),
+        FieldKind::OptBool | FieldKind::Bool => Err(invalid_config(format!("{name} must be a bool"))),
+        FieldKind::Seconds | FieldKind::OptSeconds if is_bool => {
+            Err(invalid_config(format!("{name} must be a number, not a bool")))
+        }
+        FieldKind::Seconds | FieldKind::OptSeconds => v
+            .extract::<f64>()
+            .map(Value::Float)
+            .map_err(|_| invalid_config(format!("{name} must be a number"))),
+        FieldKind::Int if is_bool => Err(invalid_config(format!("{name} must be an integer, not a bool"))),
+        FieldKind::Int => v
+            .extract::<u64>()
+            .map(Value::Int)
+            .map_err(|_| invalid_config(format!("{name} must be a non-negative integer in range"))),
+    }
 }
 
-fn number(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if v.is_instance_of::<PyBool>() {
-        return Err(invalid_config(format!("{name} must be a number, not a bool")));
-    }
-    v.extract::<f64>().map_err(|_| invalid_config(format!("{name} must be a number")))
+fn to_py<'py>(py: Python<'py>, v: Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::None => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, b).to_owned().into_any(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any(),
+    })
 }
 
-fn integer<T: for<'a, 'py> FromPyObject<'a, 'py>>(name: &str, v: &Bound<'_, PyAny>) -> PyResult<T> {
-    if v.is_instance_of::<PyBool>() {
-        return Err(invalid_config(format!("{name} must be an integer, not a bool")));
+fn kind_name(k: FieldKind) -> &'static str {
+    match k {
+        FieldKind::OptStr => "str | None",
+        FieldKind::OptBool => "bool | None",
+        FieldKind::Bool => "bool",
+        FieldKind::Seconds => "float",
+        FieldKind::OptSeconds => "float | None",
+        FieldKind::Int => "int",
     }
-    v.extract::<T>().map_err(|_| invalid_config(format!("{name} must be a non-negative integer in range")))
-}
-
-fn secs(name: &str, v: &Bound<'_, PyAny>) -> PyResult<std::time::Duration> {
-    seconds(name, number(name, v)?).map_err(to_pyerr)
 }
 
 #[pymethods]
@@ -47,62 +73,41 @@ impl Config {
         if let Some(kwargs) = kwargs {
             for (k, v) in kwargs.iter() {
                 let key: String = k.extract()?;
-                match key.as_str() {
-                    "endpoint_url" => c.endpoint_url = opt_string(&key, &v)?,
-                    "region" => c.region = opt_string(&key, &v)?,
-                    "access_key_id" => c.access_key_id = opt_string(&key, &v)?,
-                    "secret_access_key" => c.secret_access_key = opt_string(&key, &v)?,
-                    "session_token" => c.session_token = opt_string(&key, &v)?,
-                    "profile" => c.profile = opt_string(&key, &v)?,
-                    "force_path_style" => {
-                        c.force_path_style = if v.is_none() {
-                            None
-                        } else {
-                            Some(
-                                v.extract::<bool>()
-                                    .map_err(|_| invalid_config("force_path_style must be a bool or None"))?,
-                            )
-                        }
-                    }
-                    "connect_timeout" => c.connect_timeout = secs(&key, &v)?,
-                    "read_timeout" => c.read_timeout = secs(&key, &v)?,
-                    "operation_timeout" => {
-                        c.operation_timeout = if v.is_none() { None } else { Some(secs(&key, &v)?) }
-                    }
-                    "initial_backoff" => c.initial_backoff = secs(&key, &v)?,
-                    "max_attempts" => c.max_attempts = integer(&key, &v)?,
-                    "max_concurrency" => c.max_concurrency = integer(&key, &v)?,
-                    "multipart_threshold" => c.multipart_threshold = integer(&key, &v)?,
-                    "part_size" => c.part_size = integer(&key, &v)?,
-                    other => return Err(invalid_config(format!("unknown configuration key {other:?}"))),
-                }
+                let Some(spec) = StoreConfig::FIELDS.iter().find(|f| f.name == key) else {
+                    return Err(invalid_config(format!("unknown configuration key {key:?}")));
+                };
+                c.set(spec.name, value(spec, &v)?).map_err(to_pyerr)?;
             }
         }
         c.validate().map_err(to_pyerr)?;
         Ok(Config { inner: c })
     }
 
-    /// The settings (credentials redacted).
+    /// The settings (secrets redacted, the access key id shown by its last 4 characters).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.inner;
         let d = PyDict::new(py);
-        let redact = |v: &Option<String>| v.as_ref().map(|_| "***");
-        d.set_item("endpoint_url", &c.endpoint_url)?;
-        d.set_item("region", &c.region)?;
-        d.set_item("access_key_id", &c.access_key_id)?;
-        d.set_item("secret_access_key", redact(&c.secret_access_key))?;
-        d.set_item("session_token", redact(&c.session_token))?;
-        d.set_item("profile", &c.profile)?;
-        d.set_item("force_path_style", c.force_path_style)?;
-        d.set_item("connect_timeout", c.connect_timeout.as_secs_f64())?;
-        d.set_item("read_timeout", c.read_timeout.as_secs_f64())?;
-        d.set_item("operation_timeout", c.operation_timeout.map(|t| t.as_secs_f64()))?;
-        d.set_item("initial_backoff", c.initial_backoff.as_secs_f64())?;
-        d.set_item("max_attempts", c.max_attempts)?;
-        d.set_item("max_concurrency", c.max_concurrency)?;
-        d.set_item("multipart_threshold", c.multipart_threshold)?;
-        d.set_item("part_size", c.part_size)?;
+        for spec in StoreConfig::FIELDS {
+            let v = self.inner.get(spec.name).unwrap_or(Value::None);
+            let v = match v {
+                Value::Str(_) if spec.secret => Value::Str("***".to_owned()),
+                Value::Str(k) if spec.name == "access_key_id" => Value::Str(mask_key_id(&k)),
+                v => v,
+            };
+            d.set_item(spec.name, to_py(py, v)?)?;
+        }
         Ok(d)
+    }
+
+    /// The declaration of every field, in order: `(name, type, default, secret, doc)`.
+    #[staticmethod]
+    fn schema<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let defaults = StoreConfig::default();
+        let rows = PyList::empty(py);
+        for spec in StoreConfig::FIELDS {
+            let default = to_py(py, defaults.get(spec.name).unwrap_or(Value::None))?;
+            rows.append((spec.name, kind_name(spec.kind), default, spec.secret, spec.doc))?;
+        }
+        Ok(rows)
     }
 
     fn __repr__(&self) -> String {

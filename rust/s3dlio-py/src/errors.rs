@@ -17,6 +17,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidConfig => "InvalidConfigError",
         ErrorKind::InvalidRange => "RangeError",
         ErrorKind::DirectIoUnsupported => "DirectIOUnsupported",
+        ErrorKind::Changed => "StorageIOError",
         _ => "StorageIOError",
     }
 }
@@ -31,7 +32,13 @@ pub fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, 
 /// Convert a core error into the matching `s3dlio.exceptions` instance (lazily constructed).
 pub fn to_pyerr(err: Error) -> PyErr {
     Python::attach(|py| match exception_class(py, class_name(err.kind())) {
-        Ok(cls) => PyErr::from_type(cls, (err.to_string(), err.uri().map(str::to_owned))),
+        Ok(cls) => {
+            let d = err.detail().cloned().unwrap_or_default();
+            PyErr::from_type(
+                cls,
+                (err.to_string(), err.uri().map(str::to_owned), d.status, d.code, d.request_id),
+            )
+        }
         Err(import_err) => {
             PyRuntimeError::new_err(format!("{err} (and s3dlio.exceptions failed: {import_err})"))
         }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use s3dlio_core::runtime::context;
-use s3dlio_core::{store, CancellationToken, ListPage, Result};
+use s3dlio_core::{ops, CancellationToken, ListPage, Result};
 use tokio::sync::mpsc;
 
 use crate::asyncio::future;
@@ -59,12 +59,22 @@ impl ObjectInfo {
         self.last_modified_bits.map(f64::from_bits)
     }
 
-    fn __repr__(&self) -> String {
+    /// Python's own reprs of the fields: `ObjectInfo(uri='s3://b/k', size=3, etag='…',
+    /// last_modified=1733000000.0)`, plus `is_dir=True` for directories and folder markers.
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let r = |v: Bound<'_, PyAny>| -> PyResult<String> { Ok(v.repr()?.to_string()) };
+        let mut s = format!(
+            "ObjectInfo(uri={}, size={}, etag={}, last_modified={}",
+            r(self.uri.clone().into_pyobject(py)?.into_any())?,
+            self.size,
+            r(self.etag.clone().into_pyobject(py)?.into_any())?,
+            r(self.last_modified().into_pyobject(py)?.into_any())?,
+        );
         if self.is_dir {
-            format!("ObjectInfo(uri={:?}, is_dir=True)", self.uri)
-        } else {
-            format!("ObjectInfo(uri={:?}, size={}, etag={:?})", self.uri, self.size, self.etag)
+            s.push_str(", is_dir=True");
         }
+        s.push(')');
+        Ok(s)
     }
 }
 
@@ -117,33 +127,33 @@ macro_rules! twin {
 }
 
 twin!(get, get_async, (uri: String, range_engine: Option<Range>), [uri, range_engine=None, config=None], Buffer,
-    |cfg| store::get(&uri, &cfg, &range_engine.map(|r| r.0).unwrap_or_default()).await.map(Buffer::new));
+    |cfg| ops::get(&uri, &cfg, &range_engine.map(|r| r.0).unwrap_or_default()).await.map(Buffer::new));
 twin!(get_range, get_range_async, (uri: String, offset: u64, length: Option<u64>), [uri, offset, length=None, config=None], Buffer,
-    |cfg| store::get_range(&uri, offset, length, &cfg).await.map(Buffer::new));
+    |cfg| ops::get_range(&uri, offset, length, &cfg).await.map(Buffer::new));
 twin!(get_many, get_many_async, (uris: Vec<String>, max_concurrency: Option<usize>), [uris, max_concurrency=None, config=None], Vec<Buffer>,
-    |cfg| store::get_many(&uris, max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await.map(buffers));
+    |cfg| ops::get_many(&uris, max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await.map(buffers));
 twin!(stat, stat_async, (uri: String), [uri, config=None], ObjectInfo,
-    |cfg| store::stat(&uri, &cfg).await.map(ObjectInfo::from));
+    |cfg| ops::stat(&uri, &cfg).await.map(ObjectInfo::from));
 twin!(exists, exists_async, (uri: String), [uri, config=None], bool,
-    |cfg| store::exists(&uri, &cfg).await);
+    |cfg| ops::exists(&uri, &cfg).await);
 twin!(list, list_async, (uri: String, recursive: bool, pattern: Option<String>), [uri, recursive=true, pattern=None, config=None], Vec<ObjectInfo>,
-    |cfg| store::list(&uri, recursive, pattern.as_deref(), &cfg).await.map(infos));
+    |cfg| ops::list(&uri, recursive, pattern.as_deref(), &cfg).await.map(infos));
 twin!(put, put_async, (uri: String, data: Data), [uri, data, config=None], (),
-    |cfg| store::put(&uri, data.0, &cfg).await);
+    |cfg| ops::put(&uri, data.0, &cfg).await);
 twin!(put_many, put_many_async, (items: Vec<(String, Data)>, max_concurrency: Option<usize>), [items, max_concurrency=None, config=None], (),
-    |cfg| store::put_many(items.into_iter().map(|(u, d)| (u, d.0)).collect(), max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await);
+    |cfg| ops::put_many(items.into_iter().map(|(u, d)| (u, d.0)).collect(), max_concurrency.unwrap_or(cfg.max_concurrency), &cfg).await);
 twin!(delete, delete_async, (uri: String), [uri, config=None], (),
-    |cfg| store::delete(&uri, &cfg).await);
-twin!(delete_prefix, delete_prefix_async, (uri: String), [uri, config=None], usize,
-    |cfg| store::delete_prefix(&uri, &cfg).await);
+    |cfg| ops::delete(&uri, &cfg).await);
+twin!(delete_prefix, delete_prefix_async, (uri: String, max_concurrency: Option<usize>), [uri, max_concurrency=None, config=None], usize,
+    |cfg| ops::delete_prefix(&uri, max_concurrency, &cfg).await);
 twin!(upload, upload_async, (local_dir: String, uri: String), [local_dir, uri, config=None], usize,
-    |cfg| store::upload(&local_dir, &uri, &cfg).await);
+    |cfg| ops::upload(&local_dir, &uri, &cfg).await);
 twin!(download, download_async, (uri: String, local_dir: String), [uri, local_dir, config=None], usize,
-    |cfg| store::download(&uri, &local_dir, &cfg).await);
+    |cfg| ops::download(&uri, &local_dir, &cfg).await);
 twin!(create_bucket, create_bucket_async, (uri: String), [uri, config=None], (),
-    |cfg| store::create_bucket(&uri, &cfg).await);
+    |cfg| ops::create_bucket(&uri, &cfg).await);
 twin!(delete_bucket, delete_bucket_async, (uri: String), [uri, config=None], (),
-    |cfg| store::delete_bucket(&uri, &cfg).await);
+    |cfg| ops::delete_bucket(&uri, &cfg).await);
 
 /// Streams a listing from a background task, one page ahead of the consumer. Frozen, with its
 /// state behind a mutex held only between waits, so `close()` works from any thread.
@@ -230,7 +240,7 @@ fn list_iter(
     let (tx, rx) = mpsc::channel(1);
     drop(ctx.spawn(async move {
         let work = async {
-            match store::list_stream(&uri, recursive, pattern.as_deref(), &cfg).await {
+            match ops::list_stream(&uri, recursive, pattern.as_deref(), &cfg).await {
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                 }

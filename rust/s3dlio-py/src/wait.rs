@@ -14,6 +14,7 @@ use crate::errors::to_pyerr;
 
 const POLL: Duration = Duration::from_millis(50);
 const SETTLE: Duration = Duration::from_millis(150);
+const CLEANUP: Duration = Duration::from_secs(2);
 
 /// Map a finished task's outcome; a panic becomes a RuntimeError, never a Python-level panic.
 fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> PyResult<T> {
@@ -58,6 +59,9 @@ where
                             ctx.runtime().block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
                         });
                     }
+                    // Cleanup the cancellation started (aborting a multipart upload, removing a
+                    // temp file) finishes before the interrupt is raised, bounded.
+                    let _ = py.detach(|| ctx.runtime().block_on(ctx.wait_cleanup(CLEANUP)));
                     return Err(interrupt);
                 }
             }

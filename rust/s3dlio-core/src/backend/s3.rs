@@ -1,0 +1,841 @@
+//! The `s3://` backend over aws-sdk-s3: one [`S3Backend`] per bucket and configuration.
+//!
+//! SDK clients are cached per process (see [`crate::runtime`]) and per resolved configuration.
+//! Uploads carry a CRC32C header computed here; the SDK's own automatic checksums (aws-chunked
+//! trailers) are used only when an operation requires them, so strict S3-compatible servers
+//! accept uploads.
+//!
+//! Retries: `max_attempts` counts every attempt of one request once. Requests without a streamed
+//! body use the SDK's standard retry mode (jittered exponential backoff on throttling, 5xx,
+//! timeouts and connection errors). GETs disable the SDK's retries and retry here instead, so a
+//! failure of the headers and one of the body (a reset, a stall) draw on the same budget.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::meta::region::ProvideRegion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
+    CreateBucketConfiguration, Delete, ObjectIdentifier,
+};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use super::{Backend, MultipartUpload};
+use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
+use crate::config::StoreConfig;
+use crate::error::{Error, ErrorKind, Result, ServerDetail};
+use crate::runtime::context;
+use crate::types::{ByteRange, GetOptions, GetResult, ListPage, ObjectInfo, PartInfo, PutOptions};
+
+/// The base64 CRC32C (Castagnoli) of `data`, as `x-amz-checksum-crc32c` carries it.
+fn crc32c(data: &[u8]) -> String {
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
+    aws_smithy_types::base64::encode(crc.to_be_bytes())
+}
+
+/// Everything that distinguishes one client from another. Holds secrets: never printed.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ClientKey {
+    endpoint: Option<String>,
+    region: String,
+    static_creds: Option<(String, String, Option<String>)>,
+    profile: Option<String>,
+    path_style: bool,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    max_attempts: u32,
+    initial_backoff: Duration,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl ClientKey {
+    async fn resolve(cfg: &StoreConfig) -> ClientKey {
+        let endpoint = cfg.resolved_endpoint();
+        let profile = cfg.profile.clone().or_else(|| env("AWS_PROFILE"));
+        // Region: explicit, env, profile file, else us-east-1. Never the instance-metadata service.
+        let mut region =
+            cfg.region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
+        if region.is_none() {
+            let mut provider = aws_config::profile::ProfileFileRegionProvider::builder();
+            if let Some(p) = &profile {
+                provider = provider.profile_name(p);
+            }
+            region = provider.build().region().await.map(|r| r.to_string());
+        }
+        let static_creds = match (&cfg.access_key_id, &cfg.secret_access_key) {
+            (Some(a), Some(s)) => Some((a.clone(), s.clone(), cfg.session_token.clone())),
+            _ => None,
+        };
+        ClientKey {
+            path_style: cfg.force_path_style.unwrap_or(endpoint.is_some()),
+            endpoint,
+            region: region.unwrap_or_else(|| "us-east-1".to_owned()),
+            static_creds,
+            profile,
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.read_timeout,
+            max_attempts: cfg.max_attempts,
+            initial_backoff: cfg.initial_backoff,
+        }
+    }
+
+    async fn build(&self) -> Client {
+        // operation_timeout is not the SDK's: s3dlio applies it around a whole operation, body and
+        // its own retries included (crate::ops).
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            .build();
+        let retry = RetryConfig::standard()
+            .with_max_attempts(self.max_attempts)
+            .with_initial_backoff(self.initial_backoff);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .timeout_config(timeouts)
+            .retry_config(retry);
+        if let Some(p) = &self.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some((ak, sk, token)) = &self.static_creds {
+            // Static credentials: the provider chain (and its instance-metadata probe) is not used.
+            loader =
+                loader.credentials_provider(Credentials::new(ak, sk, token.clone(), None, "s3dlio-static"));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .force_path_style(self.path_style);
+        if let Some(ep) = &self.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Client::from_conf(b.build())
+    }
+}
+
+/// One bucket, with the client and settings to reach it.
+pub struct S3Backend {
+    client: Client,
+    bucket: String,
+    max_attempts: u32,
+    initial_backoff: Duration,
+    read_timeout: Duration,
+}
+
+/// A response without its body read yet, and what its headers said.
+struct Opened {
+    body: ByteStream,
+    /// Content-Length.
+    len: Option<usize>,
+    /// The whole object's size (Content-Range, or Content-Length of a whole-object GET).
+    total: Option<u64>,
+    etag: Option<String>,
+}
+
+fn etag_of(t: Option<&str>) -> Option<String> {
+    t.map(|t| t.trim_matches('"').to_owned())
+}
+
+/// The ETag S3 gives a multipart object: the MD5 of the parts' binary MD5s, then `-<parts>`.
+/// `None` when a part's ETag is not an MD5 (some servers use other ETags).
+fn multipart_etag(parts: &[PartInfo]) -> Option<String> {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        let hex = p.etag.as_deref()?;
+        if hex.len() != 32 {
+            return None;
+        }
+        for i in (0..32).step_by(2) {
+            h.update([u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()?]);
+        }
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{hex}-{}", parts.len()))
+}
+
+impl S3Backend {
+    /// The backend for `bucket` under `cfg`: the process's cached SDK client for the resolved
+    /// settings (endpoint, region, credentials, timeouts), built on first use.
+    pub async fn new(bucket: &str, cfg: &StoreConfig) -> Result<S3Backend> {
+        let ctx = context()?;
+        let key = ClientKey::resolve(cfg).await;
+        let cached = ctx.clients().get(&key).cloned();
+        let client = match cached {
+            Some(c) => c,
+            None => {
+                let c = key.build().await;
+                ctx.clients().entry(key).or_insert(c).clone()
+            }
+        };
+        Ok(S3Backend {
+            client,
+            bucket: bucket.to_owned(),
+            max_attempts: cfg.max_attempts,
+            initial_backoff: cfg.initial_backoff,
+            read_timeout: cfg.read_timeout,
+        })
+    }
+
+    /// Retry `attempt` while it fails transiently, `max_attempts` attempts in all.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T>> + Send,
+    {
+        let mut n = 1;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() && n < self.max_attempts => {
+                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
+                    n += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Send one GET (no SDK retries: the caller retries, body included) and read its headers.
+    async fn open(&self, key: &str, range: Option<ByteRange>, if_match: Option<&str>) -> Result<Opened> {
+        let uri = self.uri(key);
+        let mut req =
+            self.client.get_object().bucket(&self.bucket).key(key).set_if_match(if_match.map(str::to_owned));
+        if let Some(r) = range {
+            req = req.range(match r.last_byte(&uri)? {
+                Some(last) => format!("bytes={}-{last}", r.offset),
+                None => format!("bytes={}-", r.offset),
+            });
+        }
+        let resp = req
+            .customize()
+            .config_override(aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()))
+            .send()
+            .await
+            .map_err(|e| {
+                let err = map_sdk_err(e, &uri);
+                match range {
+                    Some(r) if err.kind() == ErrorKind::InvalidRange => Error::invalid_range(
+                        &uri,
+                        format!("range {} is outside the object: {}", r.describe(), err.message()),
+                    ),
+                    _ => err,
+                }
+            })?;
+        let len = resp.content_length().and_then(|n| usize::try_from(n).ok());
+        let total = match (range, resp.content_range()) {
+            (_, Some(cr)) => total_from_content_range(cr),
+            (None, None) => len.map(|n| n as u64),
+            (Some(_), None) => None,
+        };
+        Ok(Opened { etag: etag_of(resp.e_tag()), body: resp.body, len, total })
+    }
+
+    /// One whole attempt of a GET: headers and body.
+    async fn get_once(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
+        let uri = self.uri(key);
+        let opened = self.open(key, opts.range, opts.if_match.as_deref()).await?;
+        check_size(opts.expected_size, opened.total, &uri)?;
+        let Opened { mut body, len, total, etag } = opened;
+        let short = |got: usize, n: usize| {
+            Error::new(ErrorKind::Io, Some(&uri), format!("body ended after {got} of {n} bytes"))
+        };
+        // The one honest copy: network chunks into one contiguous buffer of the announced size
+        // (a fresh mapping when large: see buf.rs).
+        let data = match len {
+            Some(n) if n >= MAP_THRESHOLD => {
+                let mut buf = ZeroedBuf::new(n, &uri)?;
+                let filled = fill_from(&mut body, buf.as_mut_slice(), self.read_timeout, &uri).await?;
+                if filled != n {
+                    return Err(short(filled, n));
+                }
+                buf.freeze()
+            }
+            _ => {
+                let mut buf = BytesMut::with_capacity(len.unwrap_or(0));
+                while let Some(chunk) = next_chunk(&mut body, self.read_timeout, &uri).await? {
+                    buf.extend_from_slice(&chunk);
+                }
+                if let Some(n) = len {
+                    if buf.len() != n {
+                        return Err(short(buf.len(), n));
+                    }
+                }
+                buf.freeze()
+            }
+        };
+        if let (Some(ByteRange { offset, length: Some(want) }), false) = (opts.range, opts.allow_short) {
+            if data.len() as u64 != want {
+                let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+                return Err(Error::invalid_range(
+                    &uri,
+                    format!("range {offset}+{want} extends past the end of the object (size {size})"),
+                ));
+            }
+        }
+        Ok(GetResult { data, size: total, etag })
+    }
+
+    async fn get_into_once(
+        &self,
+        key: &str,
+        offset: u64,
+        dst: &mut [u8],
+        opts: &GetOptions,
+    ) -> Result<Option<String>> {
+        let uri = self.uri(key);
+        let range = ByteRange::new(offset, Some(dst.len() as u64));
+        let opened = self.open(key, Some(range), opts.if_match.as_deref()).await?;
+        check_size(opts.expected_size, opened.total, &uri)?;
+        let Opened { mut body, etag, .. } = opened;
+        let filled = fill_from(&mut body, dst, self.read_timeout, &uri).await?;
+        if filled != dst.len() {
+            return Err(Error::invalid_range(
+                &uri,
+                format!("range at offset {offset} returned {filled} of {} bytes", dst.len()),
+            ));
+        }
+        Ok(etag)
+    }
+}
+
+/// A size from a listing must still be the object's size.
+fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -> Result<()> {
+    match (expected, total) {
+        (Some(want), Some(total)) if want != total => Err(Error::new(
+            ErrorKind::Changed,
+            Some(uri),
+            format!("object is {total} bytes now, but {want} when listed: it changed while being read"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Stream a body into `dst` (the one honest copy: network chunk into its offset of the final
+/// buffer); returns the bytes written. More bytes than `dst` holds is an error.
+async fn fill_from(
+    body: &mut ByteStream,
+    dst: &mut [u8],
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<usize> {
+    let mut filled = 0usize;
+    while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
+        let end = filled + chunk.len();
+        if end > dst.len() {
+            let msg = format!("server sent more than the {} bytes it announced", dst.len());
+            return Err(Error::new(ErrorKind::Io, Some(uri), msg));
+        }
+        dst[filled..end].copy_from_slice(&chunk);
+        filled = end;
+    }
+    Ok(filled)
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn uri(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn ranged_reads(&self) -> bool {
+        true
+    }
+
+    async fn get(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
+        self.retrying(|| self.get_once(key, opts)).await
+    }
+
+    async fn get_into(
+        &self,
+        key: &str,
+        offset: u64,
+        dst: &mut [u8],
+        opts: &GetOptions,
+    ) -> Result<Option<String>> {
+        if dst.is_empty() {
+            return Ok(None);
+        }
+        let mut n = 1;
+        loop {
+            match self.get_into_once(key, offset, dst, opts).await {
+                Err(e) if e.is_transient() && n < self.max_attempts => {
+                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
+                    n += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectInfo> {
+        let uri = self.uri(key);
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(ObjectInfo {
+            size: head.content_length().unwrap_or(0).max(0) as u64,
+            etag: etag_of(head.e_tag()),
+            last_modified: head.last_modified().map(|d| d.as_secs_f64()),
+            is_dir: false,
+            uri,
+        })
+    }
+
+    /// Every request body carries its CRC32C (`x-amz-checksum-crc32c`, hardware accelerated),
+    /// which the server checks before storing anything: a body altered on the way is refused
+    /// (`BadDigest`), never stored. With that check in place the payload is not also hashed with
+    /// SHA-256 for SigV4 (`UNSIGNED-PAYLOAD`), the largest client-side CPU cost of an upload;
+    /// headers are still signed.
+    async fn put(&self, key: &str, data: Bytes, _opts: &PutOptions) -> Result<()> {
+        let uri = self.uri(key);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_crc32_c(crc32c(&data))
+            .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(())
+    }
+
+    async fn start_multipart(&self, key: &str, _opts: &PutOptions) -> Result<Box<dyn MultipartUpload>> {
+        let uri = self.uri(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Io, Some(&uri), "CreateMultipartUpload returned no upload id")
+            })?
+            .to_owned();
+        Ok(Box::new(S3Multipart {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            uri,
+            upload_id,
+            finished: false,
+        }))
+    }
+
+    fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
+        let bucket = self.bucket.clone();
+        let list_uri = self.uri(prefix);
+        let pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.then(|| "/".to_owned()))
+            .into_paginator()
+            .send();
+        futures::stream::unfold(pages, |mut pages| async move { pages.next().await.map(|p| (p, pages)) })
+            .map(move |page| {
+                let page = page.map_err(|e| map_sdk_err(e, &list_uri))?;
+                let mut out = Vec::with_capacity(page.key_count().unwrap_or(0).max(0) as usize);
+                for p in page.common_prefixes() {
+                    if let Some(prefix) = p.prefix() {
+                        out.push(ObjectInfo::dir(format!("s3://{bucket}/{prefix}")));
+                    }
+                }
+                for o in page.contents() {
+                    if let Some(key) = o.key() {
+                        out.push(ObjectInfo {
+                            uri: format!("s3://{bucket}/{key}"),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                            etag: etag_of(o.e_tag()),
+                            last_modified: o.last_modified().map(|d| d.as_secs_f64()),
+                            // A folder marker (the console's "Create folder"): never a sample.
+                            is_dir: key.ends_with('/'),
+                        });
+                    }
+                }
+                Ok(out)
+            })
+            .boxed()
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let uri = self.uri(key);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(())
+    }
+
+    async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
+        let n = keys.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let uri = self.uri(keys.first().map_or("", String::as_str));
+        let objects = keys
+            .into_iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::new(ErrorKind::Io, Some(&uri), e.to_string()))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, Some(&uri), e.to_string()))?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        if let Some(err) = out.errors().first() {
+            let key = err.key().unwrap_or_default();
+            let code = err.code().unwrap_or_default();
+            return Err(Error::new(
+                classify(0, Some(code)),
+                Some(&self.uri(key)),
+                format!("delete failed: {code}: {}", err.message().unwrap_or_default()),
+            )
+            .with_detail(ServerDetail {
+                status: None,
+                code: Some(code.to_owned()),
+                request_id: None,
+            }));
+        }
+        Ok(n)
+    }
+
+    fn delete_batch_limit(&self) -> usize {
+        1000
+    }
+
+    async fn create_container(&self, _key: &str) -> Result<()> {
+        let uri = format!("s3://{}", self.bucket);
+        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
+        let mut req = self.client.create_bucket().bucket(&self.bucket);
+        if !region.is_empty() && region != "us-east-1" {
+            req = req.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        req.send().await.map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(())
+    }
+
+    async fn delete_container(&self, _key: &str) -> Result<()> {
+        let uri = format!("s3://{}", self.bucket);
+        self.client.delete_bucket().bucket(&self.bucket).send().await.map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(())
+    }
+}
+
+/// A multipart upload in progress. Dropped before `complete` or `abort` (cancellation, Ctrl-C),
+/// it is aborted on the runtime's cleanup tracker, which an interrupted blocking call waits for
+/// before it returns.
+struct S3Multipart {
+    client: Client,
+    bucket: String,
+    key: String,
+    uri: String,
+    upload_id: String,
+    finished: bool,
+}
+
+impl S3Multipart {
+    fn abort_request(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let req = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id);
+        let uri = self.uri.clone();
+        async move {
+            // Bounded: the upload is already failing; its error is what the user sees.
+            match tokio::time::timeout(Duration::from_secs(10), req.send()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(map_sdk_err(e, &uri)),
+                Err(_) => {
+                    Err(Error::new(ErrorKind::Timeout, Some(&uri), "AbortMultipartUpload took over 10 s"))
+                }
+            }
+        }
+    }
+
+    /// After a failed CompleteMultipartUpload: is the object there, whole, as these parts? (An
+    /// SDK retry of a Complete whose response was lost gets NoSuchUpload although it succeeded.)
+    async fn completed_anyway(&self, parts: &[PartInfo], size: u64) -> bool {
+        let Ok(head) = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await else {
+            return false;
+        };
+        let etag = etag_of(head.e_tag());
+        let size_ok = head.content_length().is_some_and(|n| n >= 0 && n as u64 == size);
+        let etag_ok = match (multipart_etag(parts), etag) {
+            (Some(want), Some(got)) => want == got,
+            // A server whose part ETags are not MD5s: at least the part count must match.
+            (None, Some(got)) => got.ends_with(&format!("-{}", parts.len())),
+            (_, None) => false,
+        };
+        size_ok && etag_ok
+    }
+}
+
+#[async_trait]
+impl MultipartUpload for S3Multipart {
+    async fn put_part(&self, number: u32, _offset: u64, data: Bytes) -> Result<PartInfo> {
+        let size = data.len() as u64;
+        let number_i32 = i32::try_from(number)
+            .map_err(|_| Error::new(ErrorKind::InvalidConfig, Some(&self.uri), "too many parts"))?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number_i32)
+            .checksum_crc32_c(crc32c(&data))
+            .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &self.uri))?;
+        Ok(PartInfo { number, size, etag: etag_of(out.e_tag()), crc32c: out.checksum_crc32_c })
+    }
+
+    async fn complete(mut self: Box<Self>, mut parts: Vec<PartInfo>, size: u64) -> Result<()> {
+        parts.sort_by_key(|p| p.number);
+        let completed = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .set_e_tag(p.etag.as_ref().map(|e| format!("\"{e}\"")))
+                    .set_checksum_crc32_c(p.crc32c.clone())
+                    .part_number(i32::try_from(p.number).unwrap_or(i32::MAX))
+                    .build()
+            })
+            .collect();
+        let sent = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {
+                self.finished = true;
+                Ok(())
+            }
+            Err(e) => {
+                let err = map_sdk_err(e, &self.uri);
+                if err.kind() == ErrorKind::NotFound && self.completed_anyway(&parts, size).await {
+                    self.finished = true;
+                    return Ok(());
+                }
+                Err(err) // still unfinished: dropping self aborts it
+            }
+        }
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.finished = true;
+        self.abort_request().await
+    }
+}
+
+impl Drop for S3Multipart {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Ok(ctx) = context() {
+                let abort = self.abort_request();
+                drop(ctx.spawn_cleanup(async move {
+                    let _ = abort.await;
+                }));
+            }
+        }
+    }
+}
+
+/// The next chunk of a response body. The SDK's read timeout covers the wait for the headers; this
+/// one covers a body that stalls. Failures here are transient (the request can be sent again).
+async fn next_chunk(body: &mut ByteStream, read_timeout: Duration, uri: &str) -> Result<Option<Bytes>> {
+    match tokio::time::timeout(read_timeout, body.next()).await {
+        Err(_) => {
+            let msg = format!("no data for {read_timeout:?} while reading the response body");
+            Err(Error::new(ErrorKind::Timeout, Some(uri), msg))
+        }
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err(Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e))),
+    }
+}
+
+/// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
+/// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(Duration::from_secs(20));
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let jitter = f64::from(nanos % 1000) / 1000.0; // cheap, good enough to de-synchronise retries
+    full.mul_f64(0.5 + 0.5 * jitter)
+}
+
+/// Total object size from a `Content-Range: bytes a-b/total` header.
+fn total_from_content_range(v: &str) -> Option<u64> {
+    v.rsplit_once('/').and_then(|(_, t)| t.parse().ok())
+}
+
+/// Classify an S3 error code / HTTP status.
+fn classify(status: u16, code: Option<&str>) -> ErrorKind {
+    match code {
+        Some("NoSuchKey" | "NoSuchBucket" | "NotFound" | "NoSuchUpload") => ErrorKind::NotFound,
+        Some(
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "AllAccessDisabled"
+            | "AccountProblem",
+        ) => ErrorKind::PermissionDenied,
+        Some(
+            "SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests",
+        ) => ErrorKind::Throttled,
+        Some("InvalidRange") => ErrorKind::InvalidRange,
+        Some("PreconditionFailed") => ErrorKind::Changed,
+        Some("RequestTimeout") => ErrorKind::Timeout,
+        Some("InvalidBucketName" | "InvalidArgument" | "KeyTooLongError") => ErrorKind::InvalidUri,
+        _ => match status {
+            404 => ErrorKind::NotFound,
+            401 | 403 => ErrorKind::PermissionDenied,
+            416 => ErrorKind::InvalidRange,
+            412 => ErrorKind::Changed,
+            429 | 503 => ErrorKind::Throttled,
+            408 => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
+        },
+    }
+}
+
+/// Map an SDK error about `uri` to our error, keeping the cause chain (never credentials).
+pub(crate) fn map_sdk_err<E>(err: SdkError<E, HttpResponse>, uri: &str) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let kind = match &err {
+        SdkError::TimeoutError(_) => ErrorKind::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => ErrorKind::Timeout,
+        SdkError::DispatchFailure(_) => ErrorKind::Io,
+        SdkError::ServiceError(s) => classify(s.raw().status().as_u16(), s.err().code()),
+        SdkError::ConstructionFailure(_) => {
+            let text = crate::error::chain(&err);
+            if text.contains("credentials") {
+                ErrorKind::PermissionDenied
+            } else {
+                ErrorKind::Io
+            }
+        }
+        _ => ErrorKind::Io,
+    };
+    let message = match &err {
+        SdkError::ServiceError(s) => {
+            let meta = s.err().meta();
+            let status = s.raw().status().as_u16();
+            let mut m =
+                format!("{}: {}", meta.code().unwrap_or("error"), meta.message().unwrap_or("(no message)"));
+            m.push_str(&format!(" (HTTP {status}"));
+            if let Some(id) = meta.extra("aws_request_id") {
+                m.push_str(&format!(", request id {id}"));
+            }
+            m.push(')');
+            m
+        }
+        _ => crate::error::chain(&err),
+    };
+    let detail = match &err {
+        SdkError::ServiceError(s) => Some(ServerDetail {
+            status: Some(s.raw().status().as_u16()),
+            code: s.err().meta().code().map(str::to_owned),
+            request_id: s.err().meta().extra("aws_request_id").map(str::to_owned),
+        }),
+        SdkError::ResponseError(r) => {
+            Some(ServerDetail { status: Some(r.raw().status().as_u16()), ..Default::default() })
+        }
+        _ => None,
+    };
+    let err = Error::new(kind, Some(uri), message);
+    match detail {
+        Some(d) => err.with_detail(d),
+        None => err,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_codes_and_statuses() {
+        assert_eq!(classify(404, Some("NoSuchKey")), ErrorKind::NotFound);
+        assert_eq!(classify(404, None), ErrorKind::NotFound);
+        assert_eq!(classify(403, Some("InvalidAccessKeyId")), ErrorKind::PermissionDenied);
+        assert_eq!(classify(503, Some("SlowDown")), ErrorKind::Throttled);
+        assert_eq!(classify(416, None), ErrorKind::InvalidRange);
+        assert_eq!(classify(500, Some("InternalError")), ErrorKind::Io);
+        assert_eq!(classify(412, Some("PreconditionFailed")), ErrorKind::Changed);
+    }
+
+    #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        let part = |n, e: &str| PartInfo { number: n, size: 1, etag: Some(e.to_owned()), crc32c: None };
+        // md5("a") = 0cc175b9c0f1b6a831c399e269772661; md5 of its 16 raw bytes, then "-1".
+        let one = multipart_etag(&[part(1, "0cc175b9c0f1b6a831c399e269772661")]).unwrap();
+        assert!(one.ends_with("-1") && one.len() == 34, "{one}");
+        assert_eq!(multipart_etag(&[part(1, "not-an-md5")]), None);
+    }
+
+    #[test]
+    fn parses_content_range() {
+        assert_eq!(total_from_content_range("bytes 0-4/5"), Some(5));
+        assert_eq!(total_from_content_range("bytes 0-4/*"), None);
+    }
+}

@@ -1,0 +1,53 @@
+//! The per-process registry of backend instances, keyed by scheme and configuration.
+//!
+//! A URI resolves to one backend instance and a key inside it. Instances (and the SDK clients
+//! they hold) live in the process's [`crate::runtime::Context`], so a forked child, which gets
+//! a context of its own, never uses its parent's.
+
+use std::sync::Arc;
+
+use crate::backend::local::{LocalBackend, Mode};
+use crate::backend::s3::S3Backend;
+use crate::backend::Backend;
+use crate::config::StoreConfig;
+use crate::error::Result;
+use crate::runtime::context;
+use crate::uri::Location;
+
+/// The environment variables that change how an unset config field resolves; part of the key,
+/// so a process that changes them gets a matching client.
+const ENV: [&str; 5] =
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"];
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) enum RegistryKey {
+    S3 { bucket: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
+    Local(Mode),
+}
+
+/// The backend serving `loc` under `cfg`, and `loc`'s key inside it.
+pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backend>, String)> {
+    let (reg_key, key) = match loc {
+        Location::S3 { bucket, key } => (
+            RegistryKey::S3 {
+                bucket: bucket.clone(),
+                cfg: Box::new(cfg.clone()),
+                env: ENV.iter().map(|v| std::env::var(v).ok()).collect(),
+            },
+            key.clone(),
+        ),
+        Location::File { path } => (RegistryKey::Local(Mode::Buffered), path.to_string_lossy().into_owned()),
+        Location::Direct { path } => (RegistryKey::Local(Mode::Direct), path.to_string_lossy().into_owned()),
+    };
+    let ctx = context()?;
+    if let Some(b) = ctx.backends().get(&reg_key) {
+        return Ok((Arc::clone(b), key));
+    }
+    let backend: Arc<dyn Backend> = match (&reg_key, loc) {
+        (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Arc::new(S3Backend::new(bucket, cfg).await?),
+        (RegistryKey::Local(mode), _) => Arc::new(LocalBackend::new(*mode)),
+        _ => unreachable!("the registry key is derived from the location"),
+    };
+    let b = Arc::clone(ctx.backends().entry(reg_key).or_insert(backend));
+    Ok((b, key))
+}
