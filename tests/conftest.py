@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/faultproxy.py
 
 import s3dlio  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
-from helpers import accepts_o_direct, fresh_bucket, fs_type  # noqa: E402
+from helpers import accepts_o_direct, fresh_bucket, fs_type, require  # noqa: E402
 from s3dlio.testing import LocalS3Server  # noqa: E402
 
 # Child processes (`python -P -c ...`, spawn/forkserver workers) import the same s3dlio as this
@@ -89,7 +89,7 @@ def proxy(s3_server: LocalS3Server) -> Iterator[FaultProxy]:
 @pytest.fixture
 def boto3_client(s3_server: LocalS3Server):  # type: ignore[no-untyped-def]
     """An independent observer (boto3) talking straight to the server."""
-    boto3 = pytest.importorskip("boto3")
+    boto3 = require("boto3")
     from botocore.config import Config
 
     return boto3.client(

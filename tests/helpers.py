@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import pytest
 
 import s3dlio
 
 MiB = 1024 * 1024
+
+
+def in_ci() -> bool:
+    """True when the environment variable ``CI`` is ``true`` (CI services set it; ``nox -s ci`` sets it
+    for pytest, since that session installs every optional framework)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require(module_name: str) -> ModuleType:
+    """Import an optional module a test needs (torch, jax, tensorflow, keras, boto3, ...).
+
+    Outside CI a missing module skips the test (or the whole test module, at module level), as
+    ``pytest.importorskip`` does. In CI (``CI=true``) it is a failure: the ImportError propagates,
+    so a suite whose framework failed to install errors out instead of silently vanishing."""
+    __tracebackhide__ = True  # report the skip or failure at the caller's line
+    if not in_ci():
+        return pytest.importorskip(module_name)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(
+            f"CI=true and {module_name!r} cannot be imported (in CI a missing framework is a failure): {e}"
+        ) from e
 
 
 def unique_bucket_name(tag: str = "t") -> str:

@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import json
 import pickle
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ import pytest
 
 import s3dlio
 from faultproxy import FaultProxy
-from helpers import fresh_bucket, indexed_payload, wait_until, write_indexed
+from helpers import fresh_bucket, indexed_payload, require, wait_until, write_indexed
 from s3dlio import DataLoader, ObjectDataset, ObjectIterableDataset, PoolConfig
 from s3dlio import exceptions as exc
 from s3dlio._core import epoch_indices
@@ -517,7 +518,15 @@ def test_on_error_continue_raises_in_place_and_goes_on(prefix: str) -> None:
 # Default collate (numpy, without torch)
 # -------------------------------------------------------------------------------------------------
 
-needs_no_torch = pytest.mark.skipif(HAS_TORCH, reason="with torch installed, collate returns tensors")
+
+@pytest.fixture
+def without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``import torch`` fails for the test (as on a machine without torch), so the numpy collate
+    path runs even where torch is installed, as in CI (a skip there would hide it for good)."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+needs_no_torch = pytest.mark.usefixtures("without_torch")
 
 
 @needs_no_torch
@@ -588,7 +597,7 @@ def test_loader_collates_transformed_samples(file_prefix: str) -> None:
 def test_collate_with_torch_gives_tensors(file_prefix: str) -> None:
     """With torch installed, equal-size Buffers collate into one uint8 tensor (batch, size) and
     other samples go through torch's default_collate (numbers become tensors)."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     out = default_collate(s3dlio.get_many(all_uris(file_prefix, 3)))
     assert isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and tuple(out.shape) == (3, SIZE)
     assert rows_of(out.numpy()) == [0, 1, 2]

@@ -21,7 +21,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")  # the JAX runtime itself only ever starts in child processes (JAX_CHILD)
+from helpers import require
+
+# A skip outside CI, a failure in CI (CI=true). The JAX runtime itself only ever starts in child
+# processes (JAX_CHILD).
+jax = require("jax")
 
 import s3dlio  # noqa: E402
 import s3dlio.jax as sjax  # noqa: E402
@@ -605,5 +609,5 @@ def test_sigint_while_the_server_is_silent(bucket: str, proxy: FaultProxy, how: 
 def test_this_process_never_started_a_jax_backend() -> None:
     """Guards the rule above (JAX_CHILD): a JAX backend in the pytest process would turn every
     later fork in the suite into an error."""
-    xla_bridge = pytest.importorskip("jax._src.xla_bridge")
+    xla_bridge = require("jax._src.xla_bridge")
     assert not getattr(xla_bridge, "_backends", {}), "a test started a JAX backend in the pytest process"

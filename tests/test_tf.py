@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
+from helpers import require
+
+tf = require("tensorflow")  # a skip outside CI, a failure in CI (CI=true)
 
 import s3dlio  # noqa: E402
 import s3dlio.tf as s3tf  # noqa: E402
@@ -246,7 +248,7 @@ def regression(buf: s3dlio.Buffer) -> tuple[np.ndarray, np.ndarray]:
 def test_keras_fit_loss_decreases(bucket: str) -> None:
     """A tiny Keras model trained with model.fit on 512 objects stored on the local S3 server:
     the loss goes down, one shuffled epoch per Keras epoch."""
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     rng = np.random.default_rng(0)
     w = np.array([1.5, -2.0, 0.5, 3.0], dtype=np.float32)
     x = rng.normal(size=(512, 4)).astype(np.float32)
@@ -329,7 +331,7 @@ def test_keras_fit_resumes_after_exactly_the_trained_batches(data: str, steps_pe
     batches (with steps_per_execution=3 Keras reports the short last execution of epoch 0 as 3
     steps; StateCallback counts only the 2 batches that existed); the callback's state resumes a new dataset with exactly the
     samples of that epoch the model did not train on, although tf.data had prefetched further."""
-    keras = pytest.importorskip("keras")
+    keras = require("keras")
     ds = s3dlio.ObjectDataset.from_prefix(data, transform=lambda b: np.int64(index_of(b)))
     kw: dict[str, Any] = {"batch_size": 6, "shuffle": True, "seed": 9, "num_workers": 2}
     train = s3tf.make_dataset(ds, **kw)

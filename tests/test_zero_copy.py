@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import s3dlio
-from helpers import MiB
+from helpers import MiB, require
 
 SIZE = 1 * MiB + 12  # a multiple of 4 (float32 views) that is not page-aligned
 
@@ -115,7 +115,7 @@ def test_get_many_buffers_are_zero_copy(root: str) -> None:
 @pytest.mark.filterwarnings("ignore:The given buffer is not writable:UserWarning")
 def test_torch_frombuffer_shares_memory(stored: tuple[str, bytes]) -> None:
     """torch.frombuffer(buf) is a tensor over the Buffer's memory (same data pointer)."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     uri, data = stored
     buf = s3dlio.get(uri)
     t = torch.frombuffer(buf, dtype=torch.uint8)
