@@ -164,7 +164,9 @@ def list(  # noqa: A001 - mirrors the storage verb; the builtin stays reachable 
 
     ``uri`` is a prefix: ``s3://bucket/data/`` lists ``data/...``; ``s3://bucket/da`` also
     matches ``data2/...``. With ``recursive=False`` the listing stops at the next ``/`` and
-    common prefixes come back as entries with ``is_dir=True``. ``pattern`` is a glob matched
+    common prefixes come back as entries with ``is_dir=True``; folder markers (zero-byte keys
+    ending in ``/``, as the AWS console creates) are listed with ``is_dir=True`` too, and are
+    never samples or transferred files. ``pattern`` is a glob matched
     against the key relative to the prefix (``*`` also matches ``/``; ``?``, ``[abc]``,
     ``{a,b}`` work as in a shell). Each entry carries its size, so reads need no HEAD.
     """

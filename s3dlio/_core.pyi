@@ -30,7 +30,7 @@ class Buffer:
 
 @final
 class ObjectInfo:
-    """One object (or, for a one-level listing, one common prefix when ``is_dir``)."""
+    """One object, or (``is_dir``) a common prefix of a one-level listing or a folder marker."""
 
     @property
     def uri(self) -> str: ...

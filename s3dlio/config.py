@@ -38,10 +38,12 @@ class StorageConfig:
     connect_timeout: float = 5.0
     #: Seconds without receiving a byte before a request attempt fails.
     read_timeout: float = 30.0
-    #: Seconds for one whole operation including retries (``None``: unlimited).
+    #: Seconds for one whole operation (one object read or write, one stat, one delete batch,
+    #: one listing page), every attempt, backoff and the body included (``None``: unlimited).
     operation_timeout: float | None = None
-    #: Attempts per request (1 = no retries); retries use jittered exponential backoff on
-    #: 503/SlowDown, 5xx, timeouts and connection resets.
+    #: Attempts of one request in all (1 = no retries), counted once whether the headers or the
+    #: body failed; retries use jittered exponential backoff on 503/SlowDown, 5xx, timeouts and
+    #: connection resets.
     max_attempts: int = 5
     #: Base of the retry backoff, in seconds.
     initial_backoff: float = 0.05
@@ -49,8 +51,11 @@ class StorageConfig:
     max_concurrency: int = 64
     #: Objects of at least this many bytes are uploaded with multipart.
     multipart_threshold: int = 16 * MiB
-    #: Part size of multipart uploads (S3 requires >= 5 MiB).
+    #: Part size of multipart uploads and of streamed upload/download (S3 requires >= 5 MiB).
     part_size: int = 8 * MiB
+    #: ``file://`` and ``direct://`` writes are flushed to stable storage (the file and its
+    #: directory) before the call returns, like ``cp`` followed by ``sync``. Off by default.
+    fsync: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_native", _core.Config(**self._fields()))
@@ -73,12 +78,21 @@ class StorageConfig:
         self.__post_init__()
 
     def __repr__(self) -> str:
+        # Secrets never appear; the access key id shows at most its last 4 characters, as the AWS
+        # CLI does (`aws configure list`), enough to tell two keys apart.
         shown = []
         for k, v in self._fields().items():
             if k in ("secret_access_key", "session_token") and v is not None:
                 v = "***"
+            elif k == "access_key_id" and v is not None:
+                v = _masked_key_id(v)
             shown.append(f"{k}={v!r}")
         return f"StorageConfig({', '.join(shown)})"
+
+
+def _masked_key_id(key: str) -> str:
+    """``'****'`` plus the last 4 characters of ``key``; just ``'****'`` when it has 4 or fewer."""
+    return "****" + key[-4:] if len(key) > 4 else "****"
 
 
 def native_config(config: StorageConfig | None) -> _core.Config | None:

@@ -18,6 +18,15 @@ class                          also a                       raised for
 =============================  ===========================  =========================================
 
 Messages name the URI and the cause chain; they never contain a credential.
+
+Besides the message, every exception carries structured fields (``None`` where there is none):
+
+- ``uri``: the object the failing operation was about;
+- ``status``: the HTTP status the server answered (``404``, ``403``, ``503``, ...);
+- ``code``: the S3 error code it gave (``"NoSuchKey"``, ``"NoSuchBucket"``, ``"AccessDenied"``, ...);
+- ``request_id``: the server's request id (``x-amz-request-id``), for a support ticket.
+
+They pickle with every field, so they cross ``multiprocessing`` workers intact.
 """
 
 from __future__ import annotations
@@ -40,21 +49,39 @@ __all__ = [
 class S3dlioError(Exception):
     """Base class of every error s3dlio raises.
 
-    ``uri`` is the object the failing operation was about (``None`` when there is none).
+    ``uri`` is the object the failing operation was about; ``status`` the HTTP status, ``code``
+    the S3 error code (``"NoSuchKey"``) and ``request_id`` the server's request id of the failed
+    request. Each is ``None`` when there is none (a local file, a connection that never got an
+    answer, a bad argument).
     """
 
     uri: str | None = None
+    status: int | None = None
+    code: str | None = None
+    request_id: str | None = None
 
-    def __init__(self, message: str, uri: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        uri: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.uri = uri
+        self.status = status
+        self.code = code
+        self.request_id = request_id
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
-    def __reduce__(self) -> tuple[type[S3dlioError], tuple[str, str | None]]:
-        # Picklable across multiprocessing workers.
-        return (type(self), (str(self), self.uri))
+    def __reduce__(
+        self,
+    ) -> tuple[type[S3dlioError], tuple[str, str | None, int | None, str | None, str | None]]:
+        # Picklable across multiprocessing workers, with every structured field.
+        return (type(self), (str(self), self.uri, self.status, self.code, self.request_id))
 
 
 class NotFoundError(S3dlioError, FileNotFoundError):

@@ -320,12 +320,77 @@ def test_direct_io_on_ramfs_is_refused_and_writes_nothing(ramfs_dir: str) -> Non
     assert bytes(s3dlio.get(f"file://{ramfs_dir}/existing")) == b"x" * 8192
 
 
-@pytest.mark.parametrize("cls", [getattr(exc, n) for n in exc.__all__])
+EXCEPTION_CLASSES = [getattr(exc, n) for n in exc.__all__]
+
+
+@pytest.mark.parametrize("cls", EXCEPTION_CLASSES)
 def test_exceptions_pickle(cls: type[exc.S3dlioError]) -> None:
-    """Every exception class survives pickling (multiprocessing workers) with message and uri."""
-    e = cls("not found: s3://b/k: NoSuchKey", uri="s3://b/k")
+    """Every exception class survives pickling (multiprocessing workers) with its message and
+    every structured field: uri, status, code, request_id (and with them all None)."""
+    e = cls("not found: s3://b/k: NoSuchKey", uri="s3://b/k", status=404, code="NoSuchKey", request_id="RQ1")
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(e, protocol=protocol))
+        assert type(back) is cls and str(back) == str(e)
+        assert (back.uri, back.status, back.code, back.request_id) == ("s3://b/k", 404, "NoSuchKey", "RQ1")
+    bare = pickle.loads(pickle.dumps(cls("bad argument")))
+    assert type(bare) is cls and str(bare) == "bad argument"
+    assert (bare.uri, bare.status, bare.code, bare.request_id) == (None, None, None, None)
+
+
+@pytest.mark.parametrize("cls", EXCEPTION_CLASSES)
+def test_exception_fields_positional_and_keyword(cls: type[exc.S3dlioError]) -> None:
+    """Every class takes (message, uri, status, code, request_id) positionally, as the extension
+    calls it, or by keyword; omitted fields are None; str() is the message alone."""
+    pos = cls("m", "s3://b/k", 503, "SlowDown", "RQ2")
+    kw = cls("m", uri="s3://b/k", status=503, code="SlowDown", request_id="RQ2")
+    for e in (pos, kw):
+        assert isinstance(e, exc.S3dlioError) and str(e) == "m"
+        assert (e.uri, e.status, e.code, e.request_id) == ("s3://b/k", 503, "SlowDown", "RQ2")
+    only_uri = cls("m", "file:///x")
+    assert (only_uri.uri, only_uri.status, only_uri.code, only_uri.request_id) == (
+        "file:///x",
+        None,
+        None,
+        None,
+    )
+    assert (exc.S3dlioError.status, exc.S3dlioError.code, exc.S3dlioError.request_id) == (None, None, None)
+
+
+def test_local_errors_have_no_server_fields(tmp_path: Path) -> None:
+    """A missing local file raises NotFoundError with its uri, and no HTTP status, S3 code or
+    request id (there was no server)."""
+    uri = "file://" + str(tmp_path / "missing")
+    with pytest.raises(exc.NotFoundError) as ei:
+        s3dlio.get(uri)
+    e = ei.value
+    assert e.uri == uri
+    assert (e.status, e.code, e.request_id) == (None, None, None)
+
+
+# The Rust glue (rust/s3dlio-py/src/errors.rs) must fill status, code and request_id from the
+# server's answer: FAILS ON THE BASELINE (the fields stay None), passes once the lead's core change
+# calls the class with (message, uri, status, code, request_id).
+def test_s3_errors_carry_status_code_and_request_id(bucket: str) -> None:
+    """A missing key raises NotFoundError with status 404, code "NoSuchKey" and the server's
+    request id; a missing bucket gives code "NoSuchBucket". The fields survive pickling."""
+    uri = f"s3://{bucket}/no/such/key"
+    with pytest.raises(exc.NotFoundError) as ei:
+        s3dlio.get(uri)
+    e = ei.value
+    assert e.uri == uri
+    assert e.status == 404, (e.status, str(e))
+    assert e.code == "NoSuchKey", (e.code, str(e))
+    assert isinstance(e.request_id, str) and e.request_id, e.request_id
     back = pickle.loads(pickle.dumps(e))
-    assert type(back) is cls and str(back) == str(e) and back.uri == "s3://b/k"
+    assert (back.status, back.code, back.request_id) == (404, "NoSuchKey", e.request_id)
+
+    with pytest.raises(exc.NotFoundError) as ei:
+        s3dlio.stat(f"s3://{bucket}-no-such-bucket/k")
+    # A HEAD answer has no body, so a server may give no code for it; a GET names the bucket.
+    with pytest.raises(exc.NotFoundError) as gi:
+        s3dlio.get(f"s3://{bucket}-no-such-bucket/k")
+    assert ei.value.status == 404 and gi.value.status == 404
+    assert gi.value.code == "NoSuchBucket", (gi.value.code, str(gi.value))
 
 
 def test_raised_exception_pickles(bucket: str) -> None:
