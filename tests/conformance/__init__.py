@@ -1,0 +1,1 @@
+"""Backend conformance suite: one body of behaviour tests that every storage backend passes."""

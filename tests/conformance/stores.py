@@ -1,0 +1,180 @@
+"""The backends of the conformance suite, each described by a :class:`Store`: its root URI, its name,
+what it can do (capability flags), and how to reach it *out of band*, without s3dlio, to create raw
+objects (folder markers) and to observe what was really stored (temp files, pending uploads).
+
+A new backend (``az://``, ``gs://``) joins the suite by subclassing :class:`Store` and adding its
+factory to :data:`BACKENDS`; the tests do not change. A behaviour a backend cannot have is a
+capability flag here, never a backend-name check in a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+import s3dlio
+from helpers import MiB
+
+
+class Store(ABC):
+    """One backend under test, rooted at an empty prefix.
+
+    Keys in this API are relative to :attr:`root` (``"a/b.bin"``); :meth:`uri` makes the s3dlio URI.
+    """
+
+    #: Short name, also the pytest id (``s3``, ``file``, ``direct``).
+    name: ClassVar[str]
+    #: Zero-byte objects whose key ends in ``/`` exist as objects of their own (S3-like stores). On a
+    #: filesystem the analogue of a marker is an empty directory.
+    supports_folder_markers: ClassVar[bool]
+    #: An object ``k`` and objects under ``k/`` can exist at the same time (impossible on a
+    #: filesystem, where ``k`` is either a file or a directory).
+    object_and_prefix_coexist: ClassVar[bool]
+
+    def __init__(self, root: str) -> None:
+        assert root.endswith("/"), root
+        #: The store's root prefix URI, ending in ``/``; nothing else lives under it.
+        self.root = root
+
+    def uri(self, key: str) -> str:
+        return self.root + key
+
+    def config(self, **overrides: Any) -> s3dlio.StorageConfig | None:
+        """An explicit StorageConfig for this store with ``overrides`` (None: the default config)."""
+        return s3dlio.StorageConfig(**overrides) if overrides else None
+
+    @abstractmethod
+    def make_marker(self, key: str) -> None:
+        """Create, out of band, a folder marker at ``key`` (which ends in ``/``): a zero-byte object
+        on an object store, an empty directory on a filesystem."""
+
+    @abstractmethod
+    def raw_keys(self) -> set[str]:
+        """Everything stored under the root, seen out of band: object keys (markers included), or
+        for a filesystem every file's relative path plus ``d/`` for each empty directory. Temp or
+        partial files left behind by s3dlio show up here."""
+
+    @abstractmethod
+    def pending_uploads(self) -> list[str]:
+        """Incomplete multipart uploads under the root (always empty for backends without them)."""
+
+    @abstractmethod
+    def interruptible_put(self, **overrides: Any) -> tuple[s3dlio.StorageConfig | None, int]:
+        """(config, size): a put of ``size`` bytes with this config is reliably still in flight once
+        :meth:`until_in_flight` returns (S3: part 3 never gets an answer)."""
+
+    @abstractmethod
+    async def until_in_flight(self) -> None:
+        """Wait until the put started with :meth:`interruptible_put`'s config is in flight."""
+
+
+class S3Store(Store):
+    """A fresh bucket on the suite's SeaweedFS; boto3 is the out-of-band observer."""
+
+    name = "s3"
+    supports_folder_markers = True
+    object_and_prefix_coexist = True
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.bucket: str = request.getfixturevalue("bucket")
+        super().__init__(f"s3://{self.bucket}/")
+        self._request = request
+        self.server: Any = request.getfixturevalue("s3_server")
+        self.boto3: Any = request.getfixturevalue("boto3_client")
+        self._proxy: Any = None
+
+    def config(self, **overrides: Any) -> s3dlio.StorageConfig | None:
+        return self.server.config(**overrides) if overrides else None
+
+    def make_marker(self, key: str) -> None:
+        assert key.endswith("/"), key
+        self.boto3.put_object(Bucket=self.bucket, Key=key, Body=b"")
+
+    def raw_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for page in self.boto3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys.update(o["Key"] for o in page.get("Contents", []))
+        return keys
+
+    def pending_uploads(self) -> list[str]:
+        uploads = self.boto3.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        return [u["Key"] for u in uploads]
+
+    def interruptible_put(self, **overrides: Any) -> tuple[s3dlio.StorageConfig | None, int]:
+        self._proxy = self._request.getfixturevalue("proxy")
+        self._proxy.set_mode("blackhole", match=r"[?&]partNumber=3[& ]")
+        cfg = self.server.config(
+            endpoint_url=self._proxy.endpoint, max_attempts=1, read_timeout=60, **overrides
+        )
+        return cfg, 64 * MiB
+
+    async def until_in_flight(self) -> None:
+        for _ in range(500):
+            if self._proxy.faults_injected >= 1:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("part 3 of the multipart upload never reached the proxy")
+
+
+class LocalStore(Store):
+    """A fresh directory, reached as ``<scheme>://<dir>/``; the filesystem is the observer."""
+
+    supports_folder_markers = False
+    object_and_prefix_coexist = False
+
+    def __init__(self, scheme: str, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        super().__init__(f"{scheme}://{self.dir}/")
+
+    def make_marker(self, key: str) -> None:
+        assert key.endswith("/"), key
+        (self.dir / key).mkdir(parents=True, exist_ok=True)
+
+    def raw_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(self.dir):
+            base = Path(dirpath)
+            keys.update(str((base / f).relative_to(self.dir)) for f in filenames)
+            if base != self.dir and not dirnames and not filenames:
+                keys.add(str(base.relative_to(self.dir)) + "/")
+        return keys
+
+    def pending_uploads(self) -> list[str]:
+        return []
+
+    def interruptible_put(self, **overrides: Any) -> tuple[s3dlio.StorageConfig | None, int]:
+        # Nothing to stall on a local disk: the write is simply large enough to be cut short.
+        return self.config(**overrides), 512 * MiB
+
+    async def until_in_flight(self) -> None:
+        await asyncio.sleep(0.05)
+
+
+class FileStore(LocalStore):
+    name = "file"
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        d = request.getfixturevalue("tmp_path") / "file-root"
+        d.mkdir()
+        super().__init__("file", d)
+
+
+class DirectStore(LocalStore):
+    name = "direct"
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        super().__init__("direct", request.getfixturevalue("disk_dir"))
+
+
+#: Every backend the suite runs on. A new backend adds its factory here.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Store]] = {
+    "s3": S3Store,
+    "file": FileStore,
+    "direct": DirectStore,
+}
