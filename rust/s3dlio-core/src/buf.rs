@@ -1,20 +1,19 @@
 //! Zeroed buffers for whole objects, written once (by a read or by ranged GETs) and then owned by a
 //! `Bytes` (handed to Python without a copy).
 //!
-//! Large buffers are anonymous mappings, the kernel hands out their pages zeroed (no memset pass)
-//! and `munmap` on drop returns the memory at once. Faulting fresh pages in one 4 KiB page at a
-//! time costs a trap per page; buffers up to [`POPULATE_MAX`] are populated in one call instead
-//! (`MADV_POPULATE_WRITE`, Linux 5.14+; elsewhere the pages fault in as they are written), which
-//! halved the cost of fresh memory on the benchmark machine (docs/benchmarks.md). Larger buffers
+//! Large buffers are anonymous mappings (memmap2): the kernel hands out their pages zeroed (no
+//! memset pass) and `munmap` on drop returns the memory at once. Faulting fresh pages in one 4 KiB
+//! page at a time costs a trap per page; buffers up to [`POPULATE_MAX`] are populated when mapped
+//! instead (`MAP_POPULATE`, which write-faults a private writable mapping), which halved the cost
+//! of fresh memory on the benchmark machine (docs/benchmarks.md). Larger buffers
 //! (a ranged 1 GiB GET) fault in as their ranges arrive, so filling overlaps the network instead
 //! of delaying the first request. Huge pages (`MADV_HUGEPAGE`) are deliberately not requested:
 //! with the common `defrag=madvise` setting the kernel compacts memory synchronously to find
 //! them, which made reads several times slower once the page cache had filled memory.
 //! Small buffers come from the heap (`calloc`).
 
-use std::ptr::NonNull;
-
 use bytes::Bytes;
+use memmap2::{MmapMut, MmapOptions};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -23,58 +22,33 @@ use crate::error::{Error, ErrorKind, Result};
 pub const MAP_THRESHOLD: usize = 1 << 20;
 /// Mapped buffers up to this size are populated when allocated.
 pub const POPULATE_MAX: usize = 64 << 20;
-/// `MADV_POPULATE_WRITE` (Linux 5.14), not in every libc crate's constants.
-const MADV_POPULATE_WRITE: libc::c_int = 23;
 
 /// A zeroed, writable buffer of `len` bytes (see the module documentation).
 pub struct ZeroedBuf(Storage);
 
 enum Storage {
     Heap(Vec<u8>),
-    Map { ptr: NonNull<u8>, len: usize },
+    Map(MmapMut),
 }
-
-// SAFETY: the mapping is owned exclusively by this value; shared access is read-only (`AsRef`).
-unsafe impl Send for ZeroedBuf {}
-// SAFETY: see above.
-unsafe impl Sync for ZeroedBuf {}
 
 impl ZeroedBuf {
     pub fn new(len: usize, uri: &str) -> Result<ZeroedBuf> {
         if len < MAP_THRESHOLD {
             return Ok(ZeroedBuf(Storage::Heap(vec![0u8; len])));
         }
-        let oom = || Error::new(ErrorKind::Io, Some(uri), format!("cannot allocate {len} bytes"));
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return Err(oom());
-        }
+        let mut opts = MmapOptions::new();
+        opts.len(len);
         if len <= POPULATE_MAX {
-            // SAFETY: advice on the mapping just made. Failure (an older kernel) only means the
-            // pages fault in one by one as they are written.
-            unsafe {
-                libc::madvise(raw, len, MADV_POPULATE_WRITE);
-            }
+            opts.populate();
         }
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(oom)?;
-        Ok(ZeroedBuf(Storage::Map { ptr, len }))
+        let map = opts
+            .map_anon()
+            .map_err(|e| Error::new(ErrorKind::Io, Some(uri), format!("cannot allocate {len} bytes: {e}")))?;
+        Ok(ZeroedBuf(Storage::Map(map)))
     }
 
     pub fn len(&self) -> usize {
-        match &self.0 {
-            Storage::Heap(v) => v.len(),
-            Storage::Map { len, .. } => *len,
-        }
+        self.as_ref().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,16 +58,15 @@ impl ZeroedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.0 {
             Storage::Heap(v) => v,
-            // SAFETY: the mapping is valid for `len` zero-initialised bytes and uniquely borrowed.
-            Storage::Map { ptr, len, .. } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
+            Storage::Map(m) => m,
         }
     }
 
     /// The buffer as `Bytes`, without a copy.
-    pub fn freeze(mut self) -> Bytes {
+    pub fn freeze(self) -> Bytes {
         match self.0 {
-            Storage::Heap(ref mut v) => Bytes::from(std::mem::take(v)),
-            Storage::Map { .. } => Bytes::from_owner(self),
+            Storage::Heap(v) => Bytes::from(v),
+            Storage::Map(m) => Bytes::from_owner(m),
         }
     }
 }
@@ -102,19 +75,7 @@ impl AsRef<[u8]> for ZeroedBuf {
     fn as_ref(&self) -> &[u8] {
         match &self.0 {
             Storage::Heap(v) => v,
-            // SAFETY: the mapping is valid for `len` initialised bytes while self lives.
-            Storage::Map { ptr, len, .. } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
-        }
-    }
-}
-
-impl Drop for ZeroedBuf {
-    fn drop(&mut self) {
-        if let Storage::Map { ptr, len } = self.0 {
-            // SAFETY: the range was mapped in `new` and is no longer referenced.
-            unsafe {
-                libc::munmap(ptr.as_ptr().cast(), len);
-            }
+            Storage::Map(m) => m,
         }
     }
 }
