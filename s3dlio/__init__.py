@@ -133,7 +133,23 @@ def get_range(
     A range that does not lie entirely inside the object raises
     :class:`~s3dlio.exceptions.RangeError`; s3dlio never returns short or padded data.
     """
+    _check_range(uri, offset, length)
     return _core.get_range(uri, offset, length, _native(config))
+
+
+_U64 = 1 << 64
+
+
+def _check_range(uri: str, offset: object, length: object) -> None:
+    """Offsets and lengths are unsigned 64-bit byte counts: anything else is an impossible range
+    (a :class:`~s3dlio.exceptions.RangeError`, a ValueError naming the URI), never an overflow."""
+    for name, v in (("offset", offset), ("length", length)):
+        if v is None and name == "length":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise exceptions.InvalidConfigError(f"{name} must be an int, not {type(v).__name__}", uri)
+        if not 0 <= v < _U64:
+            raise exceptions.RangeError(f"range not satisfiable: {uri}: {name} {v} is not in [0, 2**64)", uri)
 
 
 def get_many(
@@ -294,6 +310,7 @@ async def get_range_async(
     uri: str, offset: int, length: int | None = None, *, config: StorageConfig | None = None
 ) -> Buffer:
     """Async :func:`get_range`."""
+    _check_range(uri, offset, length)
     return await _core.get_range_async(uri, offset, length, _native(config))
 
 
