@@ -5,7 +5,7 @@ request and response boundaries (request line, headers, ``Content-Length`` or ch
 it can count requests and switch behaviour between two requests on a keep-alive connection.
 Nothing here imitates S3: in ``pass`` mode every byte goes to the real server and back.
 
-Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536)``):
+Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536, rate=1048576)``):
 
 ``pass``        forward requests and responses unchanged.
 ``blackhole``   read requests (and their bodies), never answer, keep the socket open.
@@ -17,6 +17,12 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536)``):
 ``corrupt_body`` forward the request with one byte of its body flipped (the first byte of the
                 first body segment of a Content-Length body), as a faulty NIC or middlebox would; the
                 response passes.
+``slow_body``   forward the request and the response headers unchanged, then relay the response body
+                at about ``rate`` bytes per second (a slow link), so a test can act while a read is
+                in flight.
+``drop_response`` forward the request to the server and read the server's whole response, then
+                close the client connection with a TCP RST instead of relaying it: the server did
+                the work, the client never hears of it (a response lost on the network).
 
 ``count`` limits a fault to the next ``count`` matching requests (then they pass); ``match`` is a
 regular expression searched in the request line (``r"[?&]partNumber=2[& ]"``, ``"^GET "``)
@@ -30,6 +36,8 @@ Usage::
         cfg = StorageConfig(endpoint_url=proxy.endpoint, max_attempts=1, ...)
         proxy.set_mode("http503", count=2)                # the next two requests get 503
         proxy.set_mode("blackhole", match=r"[?&]partNumber=3[& ]")
+        proxy.set_mode("slow_body", rate=2 * 1024 * 1024)  # bodies at ~2 MiB/s
+        proxy.set_mode("drop_response", match=r"^POST .*uploadId=", count=1)
 """
 
 from __future__ import annotations
@@ -44,7 +52,17 @@ from typing import Self
 
 __all__ = ["MODES", "FaultProxy"]
 
-MODES = ("pass", "blackhole", "stall_body", "reset", "http503", "http500", "corrupt_body")
+MODES = (
+    "pass",
+    "blackhole",
+    "stall_body",
+    "reset",
+    "http503",
+    "http500",
+    "corrupt_body",
+    "slow_body",
+    "drop_response",
+)
 _ERRORS = {
     "http503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "http500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
@@ -197,15 +215,24 @@ class FaultProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def set_mode(
-        self, mode: str, *, count: int | None = None, match: str | None = None, stall_after: int = 65536
+        self,
+        mode: str,
+        *,
+        count: int | None = None,
+        match: str | None = None,
+        stall_after: int = 65536,
+        rate: int = 1024 * 1024,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}; one of {MODES}")
+        if rate <= 0:
+            raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
         with self._lock:
             self.mode = mode
             self._remaining = count
             self._match = re.compile(match.encode()) if match else None
             self.stall_after = stall_after
+            self.rate = rate
 
     def _fault_for(self, request_line: bytes | None) -> str:
         """The fault to apply to this request (or connection when ``request_line`` is None)."""
@@ -382,6 +409,11 @@ class FaultProxy:
                     if status == 100:
                         continue
                     break
+                if fault == "drop_response":
+                    if _response_has_body(method, status):
+                        _copy_body(up_rd, rheaders, lambda b: None, until_close=True)
+                    self._kill(client, rst=True)  # the server answered; the client never hears it
+                    return
                 if fault == "stall_body" and _response_has_body(method, status):
                     client.sendall(rraw)
                     budget = [self.stall_after]
@@ -418,18 +450,19 @@ class FaultProxy:
                             self._in_flight -= 1
 
                 client.sendall(rraw)
+                send = client.sendall if fault != "slow_body" else self._throttled(client, self.rate)
                 complete = True
                 if _response_has_body(method, status):
                     length = _header(rheaders, "content-length")
                     chunked = "chunked" in (_header(rheaders, "transfer-encoding") or "").lower()
                     left = [int(length)] if length is not None and not chunked else None
 
-                    def relay(b: bytes, left: list[int] | None = left) -> None:
+                    def relay(b: bytes, left: list[int] | None = left, send=send) -> None:  # type: ignore[no-untyped-def]
                         if left is not None:
                             left[0] -= len(b)
                             if left[0] <= 0:
                                 finish()
-                        client.sendall(b)
+                        send(b)
 
                     complete = _copy_body(up_rd, rheaders, relay, until_close=True)
                 finish()
@@ -445,6 +478,26 @@ class FaultProxy:
             if upstream is not None:
                 self._kill(upstream)
             self._kill(client)
+
+    def _throttled(self, client: socket.socket, rate: int):  # type: ignore[no-untyped-def]
+        """A ``sendall`` for ``client`` that paces what it sends to about ``rate`` bytes/s."""
+        start = time.monotonic()
+        sent = [0]
+        piece = max(1024, rate // 50)
+
+        def send(b: bytes) -> None:
+            view = memoryview(b)
+            while view:
+                if self._stop.is_set():
+                    raise _Closed
+                chunk, view = view[:piece], view[piece:]
+                client.sendall(chunk)
+                sent[0] += len(chunk)
+                ahead = start + sent[0] / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+
+        return send
 
     @staticmethod
     def _error_response(fault: str, request_line: bytes) -> bytes:
