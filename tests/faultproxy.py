@@ -14,6 +14,8 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536, rate=10
 ``reset``       close the client connection with a TCP RST (``SO_LINGER`` 0).
 ``http503``     answer with ``503 SlowDown`` (S3 XML error) and ``Connection: close``.
 ``http500``     the same with ``500 InternalError``.
+``http404_nosuchupload`` the same with ``404 NoSuchUpload`` (what S3 answers a retried
+                CompleteMultipartUpload whose first attempt already completed the upload).
 ``corrupt_body`` forward the request with one byte of its body flipped (the first byte of the
                 first body segment of a Content-Length body), as a faulty NIC or middlebox would; the
                 response passes.
@@ -26,7 +28,8 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536, rate=10
 
 ``count`` limits a fault to the next ``count`` matching requests (then they pass); ``match`` is a
 regular expression searched in the request line (``r"[?&]partNumber=2[& ]"``, ``"^GET "``)
-selecting which requests are faulted. Without ``match`` and ``count``, ``reset`` acts on a
+selecting which requests are faulted; ``then`` is the mode matching requests get once ``count``
+is used up (``set_mode("drop_response", count=1, then="http404_nosuchupload")``). Without ``match`` and ``count``, ``reset`` acts on a
 connection as soon as it is accepted; every other fault acts on a parsed request, so
 ``requests_seen`` and ``faults_injected`` count blackholed requests too.
 
@@ -59,6 +62,7 @@ MODES = (
     "reset",
     "http503",
     "http500",
+    "http404_nosuchupload",
     "corrupt_body",
     "slow_body",
     "drop_response",
@@ -66,6 +70,7 @@ MODES = (
 _ERRORS = {
     "http503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "http500": (500, "Internal Server Error", "InternalError", "We encountered an internal error."),
+    "http404_nosuchupload": (404, "Not Found", "NoSuchUpload", "The specified upload does not exist."),
 }
 _CHUNK = 256 * 1024
 
@@ -222,8 +227,9 @@ class FaultProxy:
         match: str | None = None,
         stall_after: int = 65536,
         rate: int = 1024 * 1024,
+        then: str | None = None,
     ) -> None:
-        if mode not in MODES:
+        if mode not in MODES or (then is not None and then not in MODES):
             raise ValueError(f"unknown fault mode {mode!r}; one of {MODES}")
         if rate <= 0:
             raise ValueError(f"rate must be > 0 bytes/s, got {rate}")
@@ -233,6 +239,7 @@ class FaultProxy:
             self._match = re.compile(match.encode()) if match else None
             self.stall_after = stall_after
             self.rate = rate
+            self._then = then
 
     def _fault_for(self, request_line: bytes | None) -> str:
         """The fault to apply to this request (or connection when ``request_line`` is None)."""
@@ -248,8 +255,11 @@ class FaultProxy:
                 return "pass"
             if self._remaining is not None:
                 if self._remaining <= 0:
-                    return "pass"
-                self._remaining -= 1
+                    if self._then is None:
+                        return "pass"
+                    self.mode, self._remaining, self._then = self._then, None, None
+                else:
+                    self._remaining -= 1
             self.faults_injected += 1
             return self.mode
 
