@@ -444,3 +444,25 @@ def test_ctrl_c_stops_a_large_local_read(scheme: str, tmp_path: Path, request: p
     with open(big, "wb") as f:
         f.truncate(3 * 1024 * MiB)  # sparse: reads fast from no disk, still 3 GiB of copying
     _interrupt_local("get", f"{scheme}://{big}")
+
+
+# -------------------------------------------------------------------------------------------------
+# 2. delete_prefix: batches and max_concurrency, observed on the wire
+# -------------------------------------------------------------------------------------------------
+
+
+def test_delete_prefix_uses_batch_deletes_within_max_concurrency(
+    bucket: str, proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """2,100 keys under `p/` (and siblings `p2/`): three DeleteObjects requests of at most 1,000
+    keys, never more than one in flight with max_concurrency=1, and the siblings stay."""
+    s3dlio.put_many([(f"s3://{bucket}/p/{i:05d}", b"x") for i in range(2100)])
+    s3dlio.put(f"s3://{bucket}/p2/keep", b"k")
+    cfg = s3_config(endpoint_url=proxy.endpoint)
+    assert s3dlio.delete_prefix(f"s3://{bucket}/p", max_concurrency=1, config=cfg) == 2100
+    deletes = [r for r in proxy.request_log if r[0] == "POST" and "delete" in r[1]]
+    assert len(deletes) == 3, proxy.request_log[-10:]
+    assert proxy.max_in_flight <= 2  # one delete batch, and at most the listing page beside it
+    assert [o.uri for o in s3dlio.list(f"s3://{bucket}/")] == [f"s3://{bucket}/p2/keep"]
+    with pytest.raises(exc.InvalidConfigError):
+        s3dlio.delete_prefix(f"s3://{bucket}/p", max_concurrency=0)
