@@ -466,3 +466,16 @@ def test_delete_prefix_uses_batch_deletes_within_max_concurrency(
     assert [o.uri for o in s3dlio.list(f"s3://{bucket}/")] == [f"s3://{bucket}/p2/keep"]
     with pytest.raises(exc.InvalidConfigError):
         s3dlio.delete_prefix(f"s3://{bucket}/p", max_concurrency=0)
+
+
+def test_operation_timeout_bounds_a_listing_page(
+    bucket: str, proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """A listing whose server stops answering ends at operation_timeout (1 s), long before
+    read_timeout (30 s) x max_attempts would."""
+    cfg = s3_config(endpoint_url=proxy.endpoint, operation_timeout=1.0, read_timeout=30.0, max_attempts=3)
+    proxy.set_mode("blackhole")
+    t0 = time.monotonic()
+    with pytest.raises(exc.StorageTimeoutError, match="operation_timeout"):
+        s3dlio.list(f"s3://{bucket}/", config=cfg)
+    assert time.monotonic() - t0 < 10

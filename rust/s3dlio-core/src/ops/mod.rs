@@ -149,43 +149,30 @@ fn compile_pattern(pattern: Option<&str>) -> Result<Option<globset::GlobMatcher>
         .transpose()
 }
 
-/// The pages of `prefix` in `b`, each under `operation_timeout`.
+/// The pages of `prefix` in `b`, each of which must arrive within `operation_timeout`.
 fn pages(
     b: &dyn Backend,
     prefix: &str,
     delimiter: bool,
     cfg: &StoreConfig,
 ) -> BoxStream<'static, Result<ListPage>> {
-    b.list(prefix, delimiter).timeout_pages(cfg.operation_timeout, b.uri(prefix))
-}
-
-trait TimeoutPages {
-    fn timeout_pages(self, limit: Option<Duration>, uri: String) -> BoxStream<'static, Result<ListPage>>;
-}
-
-impl TimeoutPages for BoxStream<'static, Result<ListPage>> {
-    /// Each page must arrive within `limit`.
-    fn timeout_pages(self, limit: Option<Duration>, uri: String) -> BoxStream<'static, Result<ListPage>> {
-        let Some(limit) = limit else { return self };
-        futures::stream::unfold((self, uri, false), move |(mut s, uri, done)| async move {
-            if done {
-                return None;
-            }
+    let inner = b.list(prefix, delimiter);
+    let Some(limit) = cfg.operation_timeout else { return inner };
+    let uri = b.uri(prefix);
+    futures::stream::unfold(Some(inner), move |state| {
+        let uri = uri.clone();
+        async move {
+            let mut s = state?; // None after a timeout: the stream has ended
             match tokio::time::timeout(limit, s.next()).await {
-                Ok(Some(page)) => Some((page, (s, uri, false))),
-                Ok(None) => None,
+                Ok(page) => page.map(|p| (p, Some(s))),
                 Err(_) => {
-                    let e = Error::new(
-                        ErrorKind::Timeout,
-                        Some(&uri),
-                        format!("operation_timeout ({limit:?}) expired"),
-                    );
-                    Some((Err(e), (s, uri, true)))
+                    let msg = format!("operation_timeout ({limit:?}) expired");
+                    Some((Err(Error::new(ErrorKind::Timeout, Some(&uri), msg)), None))
                 }
             }
-        })
-        .boxed()
-    }
+        }
+    })
+    .boxed()
 }
 
 /// Stream a listing page by page (every page, no 1,000-key cap), with S3's string-prefix
