@@ -117,7 +117,10 @@ class DirectIOUnsupported(S3dlioError, OSError):
 
 
 class StorageIOError(S3dlioError, OSError):
-    """Any other I/O, network or server error (connection refused, HTTP 5xx after retries, ...)."""
+    """Any other I/O, network or server error (connection refused, HTTP 5xx after retries, ...),
+    and an object that changed while it was being read (a large read restarts once when the
+    object is replaced mid-read; a second change, or a size that differs from the listing's, is
+    this error: never a mix of two versions)."""
 
 
 class CancelledError(S3dlioError):
