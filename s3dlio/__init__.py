@@ -140,6 +140,16 @@ def get_range(
 _U64 = 1 << 64
 
 
+def _concurrency(n: object) -> int | None:
+    """``max_concurrency`` is a positive int (or None for the config's): anything else is an
+    :class:`~s3dlio.exceptions.InvalidConfigError`, never an OverflowError."""
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < _U64:
+        raise exceptions.InvalidConfigError(f"max_concurrency must be an int of at least 1, got {n!r}")
+    return n
+
+
 def _check_range(uri: str, offset: object, length: object) -> None:
     """Offsets and lengths are unsigned 64-bit byte counts: anything else is an impossible range
     (a :class:`~s3dlio.exceptions.RangeError`, a ValueError naming the URI), never an overflow."""
@@ -160,7 +170,7 @@ def get_many(
     At most ``max_concurrency`` (default ``config.max_concurrency``) requests are in flight. The
     first failure is raised naming its URI and the remaining requests are cancelled.
     """
-    return _core.get_many(_uris(uris), max_concurrency, _native(config))
+    return _core.get_many(_uris(uris), _concurrency(max_concurrency), _native(config))
 
 
 def stat(uri: str, *, config: StorageConfig | None = None) -> ObjectInfo:
@@ -227,7 +237,7 @@ def put_many(
     ever left half-written (multipart uploads in flight are aborted), but objects already
     written stay.
     """
-    _core.put_many(_items(items), max_concurrency, _native(config))
+    _core.put_many(_items(items), _concurrency(max_concurrency), _native(config))
 
 
 def _items(items: Iterable[tuple[str, BufferLike]]) -> _list[tuple[str, BufferLike]]:
@@ -260,7 +270,7 @@ def delete_prefix(
     ``config.max_concurrency``) in flight. Listing (:func:`list`) keeps S3's string-prefix
     semantics; only this destructive call is boundary-safe.
     """
-    return _core.delete_prefix(uri, max_concurrency, _native(config))
+    return _core.delete_prefix(uri, _concurrency(max_concurrency), _native(config))
 
 
 def upload(local_dir: str | os.PathLike[str], uri: str, *, config: StorageConfig | None = None) -> int:
@@ -318,7 +328,7 @@ async def get_many_async(
     uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
 ) -> _list[Buffer]:
     """Async :func:`get_many`."""
-    return await _core.get_many_async(_uris(uris), max_concurrency, _native(config))
+    return await _core.get_many_async(_uris(uris), _concurrency(max_concurrency), _native(config))
 
 
 async def stat_async(uri: str, *, config: StorageConfig | None = None) -> ObjectInfo:
@@ -350,7 +360,7 @@ async def put_many_async(
     config: StorageConfig | None = None,
 ) -> None:
     """Async :func:`put_many`."""
-    await _core.put_many_async(_items(items), max_concurrency, _native(config))
+    await _core.put_many_async(_items(items), _concurrency(max_concurrency), _native(config))
 
 
 async def delete_async(uri: str, *, config: StorageConfig | None = None) -> None:
@@ -362,7 +372,7 @@ async def delete_prefix_async(
     uri: str, *, max_concurrency: int | None = None, config: StorageConfig | None = None
 ) -> int:
     """Async :func:`delete_prefix`."""
-    return await _core.delete_prefix_async(uri, max_concurrency, _native(config))
+    return await _core.delete_prefix_async(uri, _concurrency(max_concurrency), _native(config))
 
 
 async def upload_async(

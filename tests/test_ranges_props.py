@@ -44,3 +44,37 @@ def test_any_range_is_exact_or_a_value_error_naming_the_uri(
     with pytest.raises(ValueError) as ei:
         s3dlio.get_range(obj, offset, length)
     assert getattr(ei.value, "uri", None) == obj, repr(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("offset", "length"),
+    [
+        (U64 - 1, 2),
+        (U64 - 1, 1),
+        (U64 - 1, None),
+        (1, U64 - 1),
+        (SIZE - 1, U64 - 1),
+        (2**63, 2**63),
+        (SIZE, 1),
+    ],
+    ids=["max-plus-2", "max-plus-1", "max-open", "1-plus-max", "last-plus-max", "half-plus-half", "at-end"],
+)
+def test_overflowing_ranges_are_range_errors_sync_and_async(
+    obj: str, offset: int, length: int | None
+) -> None:
+    """The issue's reproduction and its neighbours: an offset + length that overflows u64 (or an
+    offset at the end) is a RangeError whose .uri is the URI, from get_range and from
+    get_range_async alike; never RuntimeError ("internal error (task panicked): attempt to add
+    with overflow")."""
+    import asyncio
+
+    from s3dlio.exceptions import RangeError
+
+    for call in (
+        lambda: s3dlio.get_range(obj, offset, length),
+        lambda: asyncio.run(s3dlio.get_range_async(obj, offset, length)),
+    ):
+        with pytest.raises(RangeError) as ei:
+            call()
+        assert isinstance(ei.value, ValueError) and not isinstance(ei.value, RuntimeError)
+        assert ei.value.uri == obj, repr(ei.value)
