@@ -116,8 +116,6 @@ pub struct PutOptions {
 pub struct PartInfo {
     /// 1-based part number.
     pub number: u32,
-    /// Bytes in the part.
-    pub size: u64,
     /// The part's ETag (S3), for completion and verification.
     pub etag: Option<String>,
     /// The part's base64 CRC32C as the server acknowledged it (S3).

@@ -571,9 +571,8 @@ impl LocalMultipart {
 impl MultipartUpload for LocalMultipart {
     async fn put_part(&self, number: u32, offset: u64, data: Bytes) -> Result<PartInfo> {
         let (f, mode, uri) = (self.file()?, self.mode, self.uri.clone());
-        let size = data.len() as u64;
         blocking(move |stop| write_at(&f, mode, &data, offset, &uri, stop)).await?;
-        Ok(PartInfo { number, size, etag: None, crc32c: None })
+        Ok(PartInfo { number, etag: None, crc32c: None })
     }
 
     async fn complete(self: Box<Self>, _parts: Vec<PartInfo>, size: u64) -> Result<()> {

@@ -619,7 +619,6 @@ impl S3Multipart {
 #[async_trait]
 impl MultipartUpload for S3Multipart {
     async fn put_part(&self, number: u32, _offset: u64, data: Bytes) -> Result<PartInfo> {
-        let size = data.len() as u64;
         let number_i32 = i32::try_from(number)
             .map_err(|_| Error::new(ErrorKind::InvalidConfig, Some(&self.uri), "too many parts"))?;
         let out = self
@@ -636,7 +635,7 @@ impl MultipartUpload for S3Multipart {
             .send()
             .await
             .map_err(|e| map_sdk_err(e, &self.uri))?;
-        Ok(PartInfo { number, size, etag: etag_of(out.e_tag()), crc32c: out.checksum_crc32_c })
+        Ok(PartInfo { number, etag: etag_of(out.e_tag()), crc32c: out.checksum_crc32_c })
     }
 
     async fn complete(mut self: Box<Self>, mut parts: Vec<PartInfo>, size: u64) -> Result<()> {
@@ -826,7 +825,7 @@ mod tests {
 
     #[test]
     fn multipart_etag_is_md5_of_part_md5s() {
-        let part = |n, e: &str| PartInfo { number: n, size: 1, etag: Some(e.to_owned()), crc32c: None };
+        let part = |n, e: &str| PartInfo { number: n, etag: Some(e.to_owned()), crc32c: None };
         // md5("a") = 0cc175b9c0f1b6a831c399e269772661; md5 of its 16 raw bytes, then "-1".
         let one = multipart_etag(&[part(1, "0cc175b9c0f1b6a831c399e269772661")]).unwrap();
         assert!(one.ends_with("-1") && one.len() == 34, "{one}");
