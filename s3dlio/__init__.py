@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import _core, exceptions
 from ._core import Buffer, CancelToken, ListIter, ObjectInfo, live_tasks
 from .config import StorageConfig, native_config
+from .files import AsyncObjectReader, AsyncObjectWriter, ObjectReader, ObjectWriter, open, open_async
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 __version__ = _core.__version__
 
 __all__ = [
+    "AsyncObjectReader",
+    "AsyncObjectWriter",
     "Buffer",
     "CancelToken",
     "DataLoader",
@@ -35,12 +38,15 @@ __all__ = [
     "ObjectDataset",
     "ObjectInfo",
     "ObjectIterableDataset",
+    "ObjectReader",
+    "ObjectWriter",
     "PoolConfig",
     "RangeEngineConfig",
     "StorageConfig",
     "__version__",
     "create_bucket",
     "create_bucket_async",
+    "crc32c",
     "delete",
     "delete_async",
     "delete_bucket",
@@ -62,6 +68,8 @@ __all__ = [
     "list_async",
     "list_iter",
     "live_tasks",
+    "open",
+    "open_async",
     "put",
     "put_async",
     "put_many",
@@ -98,6 +106,13 @@ def _uris(uris: Iterable[str]) -> Sequence[str]:
 
 def _path(p: str | os.PathLike[str]) -> str:
     return os.fspath(p)
+
+
+def crc32c(data: BufferLike, value: int = 0) -> int:
+    """CRC32C (Castagnoli) of any buffer, continuing from ``value``:
+    ``crc32c(b, crc32c(a)) == crc32c(a + b)``. Hardware accelerated; the checksum the writer
+    reports (``ObjectWriter.crc32c``) and checkpoint manifests record."""
+    return _core.crc32c(data, value)
 
 
 # ---------------------------------------------------------------------------------------------

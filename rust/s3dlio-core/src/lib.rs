@@ -7,6 +7,7 @@
 //! * [`ops`]: the URI-level API written once against the trait (get, get_range, get_many, stat,
 //!   list, put, put_many, delete, delete_prefix, upload, download, buckets), with the range
 //!   engine (`ops::range`), multipart writes (`ops::write`) and tree transfers (`ops::transfer`).
+//! * [`io`]: the streaming writer and the seekable reader behind `s3dlio.open`.
 //! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
 //! * [`options`]: the three configuration levels (LoaderOptions, PoolConfig, RangeEngineConfig).
 //! * [`buf`]: zeroed object buffers (huge-page mappings when large), frozen into `Bytes`.
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod buf;
 pub mod config;
 pub mod error;
+pub mod io;
 pub mod loader;
 pub mod ops;
 pub mod options;

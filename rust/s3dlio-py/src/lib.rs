@@ -5,6 +5,7 @@ mod asyncio;
 mod buffer;
 mod config;
 mod errors;
+mod io;
 mod loader;
 mod wait;
 
@@ -97,7 +98,7 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Data {
 }
 
 /// A `RangeEngineConfig.to_dict()`, validated when the call is made.
-struct Range(s3dlio_core::options::RangeEngineConfig);
+pub(crate) struct Range(pub(crate) s3dlio_core::options::RangeEngineConfig);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for Range {
     type Error = PyErr;
@@ -312,6 +313,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_bucket, m)?)?;
     m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
+    m.add_class::<io::PyWriter>()?;
+    m.add_class::<io::PyReader>()?;
+    m.add_function(wrap_pyfunction!(io::open_writer, m)?)?;
+    m.add_function(wrap_pyfunction!(io::open_writer_async, m)?)?;
+    m.add_function(wrap_pyfunction!(io::open_reader, m)?)?;
+    m.add_function(wrap_pyfunction!(io::open_reader_async, m)?)?;
+    m.add_function(wrap_pyfunction!(io::crc32c, m)?)?;
     m.add_class::<loader::CancelToken>()?;
     m.add_class::<loader::BatchStream>()?;
     m.add_function(wrap_pyfunction!(loader::validate_loader_options, m)?)?;

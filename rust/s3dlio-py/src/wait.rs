@@ -33,6 +33,26 @@ where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
+    wait_inner(py, token, false, fut)
+}
+
+/// [`wait`] for a future that writes into memory the caller lent it (a Python buffer being
+/// filled): on KeyboardInterrupt the task is aborted and then always awaited to the end, so no
+/// write into that memory can happen after this returns. (An aborted task stops at its next
+/// poll, so this wait is short.)
+pub fn wait_lending<T, F>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    wait_inner(py, None, true, fut)
+}
+
+fn wait_inner<T, F>(py: Python<'_>, token: Option<&CancellationToken>, lent: bool, fut: F) -> PyResult<T>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
     if tokio::runtime::Handle::try_current().is_ok() {
         return Err(PyRuntimeError::new_err(
             "a blocking s3dlio call was made from inside s3dlio's async runtime; use the _async variant",
@@ -55,9 +75,14 @@ where
                     });
                     if settled.is_err() {
                         handle.abort();
-                        let _ = py.detach(|| {
-                            ctx.runtime().block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
-                        });
+                        if lent {
+                            let _ = py.detach(|| ctx.runtime().block_on(&mut handle));
+                        } else {
+                            let _ = py.detach(|| {
+                                ctx.runtime()
+                                    .block_on(async { tokio::time::timeout(SETTLE, &mut handle).await })
+                            });
+                        }
                     }
                     // Cleanup the cancellation started (aborting a multipart upload, removing a
                     // temp file) finishes before the interrupt is raised, bounded.

@@ -169,6 +169,17 @@ fn multipart_etag(parts: &[PartInfo]) -> Option<String> {
     Some(format!("{hex}-{}", parts.len()))
 }
 
+/// S3's composite checksum of a multipart object: the CRC32C of the parts' binary CRC32Cs, then
+/// `-<parts>`. `None` when a part has no CRC32C.
+fn composite_crc32c(parts: &[PartInfo]) -> Option<String> {
+    let mut raw = Vec::with_capacity(parts.len() * 4);
+    for p in parts {
+        let b = aws_smithy_types::base64::decode(p.crc32c.as_deref()?).ok()?;
+        raw.extend_from_slice(&b);
+    }
+    Some(format!("{}-{}", crc32c(&raw), parts.len()))
+}
+
 impl S3Backend {
     /// The backend for `bucket` under `cfg`: the process's cached SDK client for the resolved
     /// settings (endpoint, region, credentials, timeouts), built on first use.
@@ -598,6 +609,44 @@ impl S3Multipart {
         }
     }
 
+    /// After CompleteMultipartUpload: the object must be these parts, whole. The server's
+    /// composite CRC32C (when it reports one) must be the one of the parts' CRC32Cs, and a HEAD
+    /// must show the size written (and the multipart ETag of the parts, where part ETags are
+    /// MD5s). A failed check is an error; the object is left as it is (it may be a concurrent
+    /// writer's, which must not be deleted).
+    async fn verify_completed(&self, parts: &[PartInfo], size: u64, composite: Option<&str>) -> Result<()> {
+        let mut problem = None;
+        if let (Some(got), Some(want)) = (composite, composite_crc32c(parts)) {
+            if got.contains('-') && got != want {
+                problem = Some(format!("the server's composite CRC32C is {got}, the parts' is {want}"));
+            }
+        }
+        if problem.is_none() {
+            let head = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await;
+            match head {
+                Ok(h) => {
+                    let got = h.content_length().unwrap_or(-1);
+                    if got < 0 || got as u64 != size {
+                        problem = Some(format!("{size} bytes were written but the object has {got}"));
+                    } else if let (Some(want), Some(etag)) = (multipart_etag(parts), etag_of(h.e_tag())) {
+                        if etag != want {
+                            problem = Some(format!("ETag {etag} is not the parts' multipart ETag {want}"));
+                        }
+                    }
+                }
+                Err(e) => return Err(map_sdk_err(e, &self.uri)),
+            }
+        }
+        match problem {
+            None => Ok(()),
+            Some(p) => Err(Error::new(
+                ErrorKind::Io,
+                Some(&self.uri),
+                format!("the completed upload failed verification (do not trust this object): {p}"),
+            )),
+        }
+    }
+
     /// After a failed CompleteMultipartUpload: is the object there, whole, as these parts? (An
     /// SDK retry of a Complete whose response was lost gets NoSuchUpload although it succeeded.)
     async fn completed_anyway(&self, parts: &[PartInfo], size: u64) -> bool {
@@ -621,6 +670,7 @@ impl MultipartUpload for S3Multipart {
     async fn put_part(&self, number: u32, _offset: u64, data: Bytes) -> Result<PartInfo> {
         let number_i32 = i32::try_from(number)
             .map_err(|_| Error::new(ErrorKind::InvalidConfig, Some(&self.uri), "too many parts"))?;
+        let sent_crc = crc32c(&data);
         let out = self
             .client
             .upload_part()
@@ -628,14 +678,21 @@ impl MultipartUpload for S3Multipart {
             .key(&self.key)
             .upload_id(&self.upload_id)
             .part_number(number_i32)
-            .checksum_crc32_c(crc32c(&data))
+            .checksum_crc32_c(sent_crc.clone())
             .body(ByteStream::from(data))
             .customize()
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| map_sdk_err(e, &self.uri))?;
-        Ok(PartInfo { number, etag: etag_of(out.e_tag()), crc32c: out.checksum_crc32_c })
+        if let Some(acked) = out.checksum_crc32_c() {
+            if acked != sent_crc {
+                let msg =
+                    format!("part {number}: the server stored CRC32C {acked}, the client sent {sent_crc}");
+                return Err(Error::new(ErrorKind::Io, Some(&self.uri), msg));
+            }
+        }
+        Ok(PartInfo { number, etag: etag_of(out.e_tag()), crc32c: Some(sent_crc) })
     }
 
     async fn complete(mut self: Box<Self>, mut parts: Vec<PartInfo>, size: u64) -> Result<()> {
@@ -660,9 +717,9 @@ impl MultipartUpload for S3Multipart {
             .send()
             .await;
         match sent {
-            Ok(_) => {
+            Ok(out) => {
                 self.finished = true;
-                Ok(())
+                self.verify_completed(&parts, size, out.checksum_crc32_c()).await
             }
             Err(e) => {
                 let err = map_sdk_err(e, &self.uri);

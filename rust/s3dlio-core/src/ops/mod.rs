@@ -54,7 +54,7 @@ pub(crate) fn put_options(cfg: &StoreConfig) -> PutOptions {
 }
 
 /// The backend and key of an object URI.
-async fn object(uri: &str, cfg: &StoreConfig) -> Result<(Arc<dyn Backend>, String)> {
+pub(crate) async fn object(uri: &str, cfg: &StoreConfig) -> Result<(Arc<dyn Backend>, String)> {
     registry::resolve(&Location::parse_object(uri)?, cfg).await
 }
 
