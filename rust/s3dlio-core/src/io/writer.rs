@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, MultipartUpload};
 use crate::config::{StoreConfig, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::{object, put_options};
+use crate::ops::object;
 use crate::runtime::context;
 use crate::types::{PartInfo, PutOptions};
 
@@ -121,7 +121,7 @@ impl Writer {
             uri: backend.uri(&key),
             backend,
             key,
-            put_opts: PutOptions { fsync: opts.fsync, ..put_options(cfg) },
+            put_opts: PutOptions { fsync: opts.fsync },
             part_size,
             window: Arc::new(Semaphore::new(opts.max_parts_in_flight)),
             cur: None,
