@@ -316,8 +316,9 @@ def open(  # noqa: A001 - mirrors the builtin, as file objects on object storage
 
     Writer options: ``part_size`` (default ``config.part_size``, 8 MiB), ``max_parts_in_flight``
     (default 8: part buffers alive at once, so memory is at most ``part_size *
-    max_parts_in_flight``), ``fsync`` (local files: flush to stable storage before the rename;
-    default ``config.fsync``).
+    max_parts_in_flight``), ``fsync`` (local files: the file and its directory are flushed to
+    stable storage when the temp file is renamed into place; default True, so a closed file is
+    durable; ``StorageConfig.fsync`` is for one-shot puts).
 
     Reader options: ``readahead`` (chunks fetched ahead while reading sequentially, default 4),
     ``range_engine`` (its ``chunk_size`` is the readahead unit, ``max_concurrent_ranges`` bounds

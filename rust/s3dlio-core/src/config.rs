@@ -234,7 +234,7 @@ store_config! {
     multipart_threshold: u64 = 16 * MIB;
     /// Part size of multipart uploads and of streamed upload/download (S3 requires >= 5 MiB).
     part_size: u64 = 8 * MIB;
-    /// `file://` and `direct://` writes are flushed to stable storage (file and directory) before the call returns.
+    /// `file://` and `direct://` writes by put, put_many, upload and download are flushed to stable storage (file and directory) before the call returns. (`s3dlio.open(uri, "wb")` flushes on close by default; its `fsync=False` turns that off.)
     fsync: bool = false;
 }
 

@@ -39,9 +39,11 @@ pub struct WriterOptions {
 }
 
 impl WriterOptions {
-    /// The defaults for `cfg`: its `part_size`, 8 parts in flight, its `fsync`.
+    /// The defaults for `cfg`: its `part_size`, 8 parts in flight, and fsync on: a file object
+    /// that was closed is durable (a checkpoint survives a power loss), whatever `cfg.fsync`
+    /// (which governs one-shot puts) says.
     pub fn from_config(cfg: &StoreConfig) -> WriterOptions {
-        WriterOptions { part_size: cfg.part_size, max_parts_in_flight: 8, fsync: cfg.fsync }
+        WriterOptions { part_size: cfg.part_size, max_parts_in_flight: 8, fsync: true }
     }
 
     pub fn validate(&self) -> Result<()> {
