@@ -2,20 +2,21 @@
 
 Every error is an :class:`S3dlioError` *and* the builtin a Python user would already catch:
 
-=============================  ===========================  =========================================
-class                          also a                       raised for
-=============================  ===========================  =========================================
-:class:`NotFoundError`         ``FileNotFoundError``        missing object, bucket, file or directory
-:class:`AccessDeniedError`     ``PermissionError``          HTTP 403, bad credentials, EACCES
-:class:`StorageTimeoutError`   ``TimeoutError``             connect/read/operation timeouts
-:class:`ThrottledError`        ``ConnectionError``          503 SlowDown after all retries
-:class:`InvalidUriError`       ``ValueError``               a URI s3dlio cannot parse or serve
-:class:`InvalidConfigError`    ``ValueError``               a bad option or argument
-:class:`RangeError`            ``ValueError``               a byte range outside the object
-:class:`DirectIOUnsupported`   ``OSError``                  ``direct://`` on a filesystem without O_DIRECT
-:class:`StorageIOError`        ``OSError``                  other I/O, network or server errors
-:class:`CancelledError`        --                           the operation's cancellation token fired
-=============================  ===========================  =========================================
+===============================  =====================  ====================================================
+class                            also a                 raised for
+===============================  =====================  ====================================================
+:class:`NotFoundError`           ``FileNotFoundError``  missing object, bucket, file or directory
+:class:`AccessDeniedError`       ``PermissionError``    HTTP 403, bad credentials, EACCES
+:class:`StorageTimeoutError`     ``TimeoutError``       connect/read/operation timeouts
+:class:`ThrottledError`          ``ConnectionError``    503 SlowDown after all retries
+:class:`InvalidUriError`         ``ValueError``         a URI s3dlio cannot parse or serve
+:class:`InvalidConfigError`      ``ValueError``         a bad option or argument
+:class:`RangeError`              ``ValueError``         a byte range outside the object
+:class:`DirectIOUnsupported`     ``OSError``            ``direct://`` on a filesystem without O_DIRECT
+:class:`StorageIOError`          ``OSError``            other I/O, network or server errors
+:class:`CorruptCheckpointError`  ``OSError``            a checkpoint shard or manifest that fails its checks
+:class:`CancelledError`          --                     the operation's cancellation token fired
+===============================  =====================  ====================================================
 
 Messages name the URI and the cause chain; they never contain a credential.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "CancelledError",
+    "CorruptCheckpointError",
     "DirectIOUnsupported",
     "InvalidConfigError",
     "InvalidUriError",
@@ -125,3 +127,10 @@ class StorageIOError(S3dlioError, OSError):
 
 class CancelledError(S3dlioError):
     """The operation was cancelled (its cancellation token fired, e.g. by Ctrl-C or ``close()``)."""
+
+
+class CorruptCheckpointError(StorageIOError):
+    """A checkpoint that cannot be trusted: a shard whose size or CRC32C differs from what its
+    manifest recorded, a shard or manifest that is missing, or a manifest that cannot be parsed.
+    ``uri`` names the offending object (the shard, or the manifest). A :class:`StorageIOError`
+    (and so an ``OSError``); raised by :mod:`s3dlio.checkpoint`."""
