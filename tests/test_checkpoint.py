@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ from s3dlio.checkpoint import CheckpointManager
 from s3dlio.exceptions import CorruptCheckpointError, InvalidConfigError, NotFoundError
 
 torch = require("torch")
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def state_dict(seed: int = 0, big: int = 0) -> dict[str, Any]:
@@ -420,3 +423,46 @@ def test_lightning_checkpoint_io(bucket: str) -> None:
     assert not s3dlio.exists(uri)
     with pytest.raises(FileNotFoundError):
         S3dlioCheckpointIO().load_checkpoint(uri)
+
+
+# -------------------------------------------------------------------------------------------------
+# The docs' examples
+# -------------------------------------------------------------------------------------------------
+
+
+def python_blocks(md: Path, section: str | None = None) -> list[str]:
+    """The ```python blocks of a docs page (of one ``## section`` of it); ```py blocks are
+    illustrations that need a cluster or a long run and are not executed."""
+    text = md.read_text()
+    if section is not None:
+        text = text[text.index(f"\n## {section}\n") :]
+        text = text[: text.find("\n## ", 1)] if "\n## " in text[1:] else text
+    return re.findall(r"^```python\n(.*?)^```\s*$", text, re.MULTILINE | re.DOTALL)
+
+
+def run_blocks(blocks: list[str], bucket: str, name: str) -> dict[str, Any]:
+    ns: dict[str, Any] = {"__name__": "__docs__"}
+    for block in blocks:
+        code = compile(block.replace("s3://my-bucket", f"s3://{bucket}"), name, "exec")
+        exec(code, ns)  # noqa: S102 - the docs' own examples
+    return ns
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_docs_examples_run(bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ```python block of docs/checkpoints.md runs, in order, against the local server, and
+    prints what its comments say."""
+    blocks = python_blocks(DOCS / "checkpoints.md")
+    assert len(blocks) >= 4
+    ns = run_blocks(blocks, bucket, "docs/checkpoints.md")
+    out = capsys.readouterr().out
+    assert "[4, 6, 8]" in out and "{'loss':" in out
+    assert torch.equal(ns["restored"]["model"]["weight"], ns["model"].state_dict()["weight"])
+
+
+def test_docs_jax_checkpoint_example_runs(bucket: str) -> None:
+    """The CheckpointManager example of docs/jax.md runs with real JAX arrays."""
+    require("jax")
+    (block,) = python_blocks(DOCS / "jax.md", "Checkpoints with CheckpointManager")
+    ns = run_blocks([block], bucket, "docs/jax.md")
+    assert ns["mgr"].manifest(3)["state_format"] == "numpy"
