@@ -299,3 +299,43 @@ def test_peak_rss_writing_2_gib_stays_within_the_window(bucket: str) -> None:
     window = 4 * 8 * MiB
     assert grown <= window * 1.1 + 32 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB (window {window / MiB:.0f} MiB)"
     s3dlio.delete(uri)
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_leaves_the_parents_open_files_alone(bucket: str) -> None:
+    """A child forked while a writer and a reader are open (a torch DataLoader worker) may drop
+    them without hanging or touching the parent's upload; the parent then completes its write."""
+    import gc
+
+    uri = f"s3://{bucket}/forked"
+    s3dlio.put(f"s3://{bucket}/src", _payload(12 * MiB))
+    r = s3dlio.open(f"s3://{bucket}/src", readahead=2)
+    r.read(10)
+    w = s3dlio.open(uri, "wb", part_size=5 * MiB)
+    w.write(_payload(7 * MiB))
+    pid = os.fork()
+    if pid == 0:  # the child: drop both, then prove s3dlio still works here
+        code = 1
+        try:
+            del w, r
+            gc.collect()
+            s3dlio.put(f"s3://{bucket}/from-child", b"child")
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung dropping its copies of the parent's files")
+    assert os.waitstatus_to_exitcode(status) == 0
+    w.write(_payload(7 * MiB, seed=8))
+    w.close()
+    assert s3dlio.get(uri) == _payload(7 * MiB) + _payload(7 * MiB, seed=8)
+    assert r.read(5) == _payload(12 * MiB)[10:15]
+    assert s3dlio.get(f"s3://{bucket}/from-child") == b"child"

@@ -25,15 +25,55 @@ use crate::wait::{wait, wait_lending};
 /// Small copies stay on the calling thread with the GIL held: releasing it costs more.
 const DETACH_ABOVE: usize = 256 * 1024;
 
-fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+/// A core file object and the process it belongs to. After `fork()` the child's copy refers to
+/// the parent's runtime and tasks, which do not exist in the child: it is leaked there, never
+/// awaited or dropped (either could wait forever on a task that will never run).
+struct Owned<T> {
+    pid: u32,
+    inner: Option<T>,
+}
+
+impl<T> Owned<T> {
+    fn new(v: T) -> Owned<T> {
+        Owned { pid: std::process::id(), inner: Some(v) }
+    }
+
+    fn take(&mut self) -> Option<T> {
+        if self.pid != std::process::id() {
+            std::mem::forget(self.inner.take());
+            return None;
+        }
+        self.inner.take()
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            std::mem::forget(self.inner.take());
+        }
+    }
+}
+
+type Slot<T> = Mutex<Owned<T>>;
+
+fn slot<T>(v: T) -> Arc<Slot<T>> {
+    Arc::new(Mutex::new(Owned::new(v)))
+}
+
+fn take<T>(slot: &Slot<T>) -> Option<T> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-fn put_back<T>(slot: &Mutex<Option<T>>, v: T) {
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn guard<T>(slot: &Mutex<Option<T>>) -> MutexGuard<'_, Option<T>> {
+fn put_back<T>(slot: &Slot<T>, v: T) {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).inner = Some(v);
+}
+
+fn guard<T>(slot: &Slot<T>) -> MutexGuard<'_, Owned<T>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -57,7 +97,7 @@ fn copy(py: Python<'_>, dst: &mut [u8], src: &[u8]) {
 /// The native streaming writer behind `s3dlio.open(uri, "wb")`.
 #[pyclass(frozen, module = "s3dlio._core", name = "Writer")]
 pub struct PyWriter {
-    slot: Arc<Mutex<Option<Writer>>>,
+    slot: Arc<Slot<Writer>>,
     #[pyo3(get)]
     uri: String,
     written: Mutex<Option<Written>>,
@@ -78,7 +118,7 @@ fn writer_options(
 
 impl PyWriter {
     fn new(w: Writer) -> PyWriter {
-        PyWriter { uri: w.uri().to_owned(), slot: Arc::new(Mutex::new(Some(w))), written: Mutex::new(None) }
+        PyWriter { uri: w.uri().to_owned(), slot: slot(w), written: Mutex::new(None) }
     }
 }
 
@@ -114,12 +154,12 @@ impl PyWriter {
 
     /// Publish the object; returns `(size, crc32c, parts)`. Idempotent once it succeeded.
     fn close(&self, py: Python<'_>) -> PyResult<(u64, u32, u32)> {
-        if let Some(w) = *guard(&self.written) {
+        if let Some(w) = *lock(&self.written) {
             return Ok((w.size, w.crc32c, w.parts));
         }
         let w = take(&self.slot).ok_or_else(|| unusable("writer", &self.uri))?;
         let done = wait(py, async move { w.close().await })?;
-        *guard(&self.written) = Some(done);
+        *lock(&self.written) = Some(done);
         Ok((done.size, done.crc32c, done.parts))
     }
 
@@ -166,10 +206,10 @@ impl PyWriter {
 
     /// Bytes written so far.
     fn tell(&self) -> PyResult<u64> {
-        if let Some(w) = *guard(&self.written) {
+        if let Some(w) = *lock(&self.written) {
             return Ok(w.size);
         }
-        guard(&self.slot).as_ref().map(Writer::position).ok_or_else(|| unusable("writer", &self.uri))
+        guard(&self.slot).inner.as_ref().map(Writer::position).ok_or_else(|| unusable("writer", &self.uri))
     }
 }
 
@@ -294,7 +334,7 @@ fn read_into(py: Python<'_>, mut r: Reader, dst: &mut [u8]) -> (Option<Reader>, 
 /// The native seekable reader behind `s3dlio.open(uri, "rb")`.
 #[pyclass(frozen, module = "s3dlio._core", name = "Reader")]
 pub struct PyReader {
-    slot: Arc<Mutex<Option<Reader>>>,
+    slot: Arc<Slot<Reader>>,
     #[pyo3(get)]
     uri: String,
     #[pyo3(get)]
@@ -305,12 +345,7 @@ pub struct PyReader {
 
 impl PyReader {
     fn new(r: Reader) -> PyReader {
-        PyReader {
-            uri: r.uri().to_owned(),
-            size: r.size(),
-            etag: r.etag().map(str::to_owned),
-            slot: Arc::new(Mutex::new(Some(r))),
-        }
+        PyReader { uri: r.uri().to_owned(), size: r.size(), etag: r.etag().map(str::to_owned), slot: slot(r) }
     }
 
     fn take(&self) -> PyResult<Reader> {
@@ -360,14 +395,14 @@ impl PyReader {
     fn read<'py>(&self, py: Python<'py>, n: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let r = self.take()?;
         let len = self.remaining(&r, n);
-        let mut slot = Some(r);
+        let mut kept = Some(r);
         let out = PyBytes::new_with(py, len, |dst| {
-            let Some(r) = slot.take() else { return Ok(()) };
+            let Some(r) = kept.take() else { return Ok(()) };
             let (r, got) = read_into(py, r, dst);
-            slot = r;
+            kept = r;
             got.map(|_| ())
         });
-        self.finish(slot, out)
+        self.finish(kept, out)
     }
 
     /// Up to `n` bytes (`None`/negative: what is buffered) with at most one fetch, as a
@@ -421,7 +456,7 @@ impl PyReader {
     #[pyo3(signature = (offset, whence=0))]
     fn seek(&self, offset: i64, whence: i32) -> PyResult<u64> {
         let mut g = guard(&self.slot);
-        let r = g.as_mut().ok_or_else(|| unusable("reader", &self.uri))?;
+        let r = g.inner.as_mut().ok_or_else(|| unusable("reader", &self.uri))?;
         let base: i128 = match whence {
             0 => 0,
             1 => i128::from(r.position()),
@@ -438,7 +473,7 @@ impl PyReader {
     }
 
     fn tell(&self) -> PyResult<u64> {
-        guard(&self.slot).as_ref().map(Reader::position).ok_or_else(|| unusable("reader", &self.uri))
+        guard(&self.slot).inner.as_ref().map(Reader::position).ok_or_else(|| unusable("reader", &self.uri))
     }
 
     /// Stop the readahead and release the buffered chunks (idempotent).
