@@ -31,7 +31,7 @@ import s3dlio as _s3
 
 from ._core import Buffer
 from .config import StorageConfig
-from .exceptions import CorruptCheckpointError, InvalidConfigError, NotFoundError
+from .exceptions import CorruptCheckpointError, InvalidConfigError, NotFoundError, StorageIOError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -422,13 +422,14 @@ class CheckpointManager:
             self._barrier_fn()
 
     def _gather(self, info: dict[str, Any], step_uri: str) -> builtins.list[dict[str, Any]]:
-        """Every rank's shard info, in rank order, on rank 0 (other ranks get [])."""
+        """Every rank's shard info, in rank order: on every rank with torch.distributed, on rank 0
+        only with a barrier (other ranks get [])."""
         if self.world_size == 1:
             return [info]
         if self._use_dist:
             out: builtins.list[Any] = [None] * self.world_size
             _dist().all_gather_object(out, info)
-            return out if self.rank == 0 else []
+            return out
         _s3.put(f"{step_uri}/rank-{self.rank:05d}.json", json.dumps(info).encode(), config=self.config)
         self._barrier()
         if self.rank != 0:
@@ -457,18 +458,65 @@ class CheckpointManager:
         mix of old and new shards.
         """
         step = _check_step(step)
-        fmt = _resolve_format(state, self.format if format is None else format)
-        if metadata is not None:
-            metadata = dict(metadata)
-            json.dumps(metadata)  # fail before writing anything
-        sdir = self.step_uri(step)
-        if self.rank == 0:
-            self._clear_step(step)
+        # Every rank goes through every synchronisation point even after a failure (carried to
+        # the others in its shard info), so one rank's error never leaves the others waiting.
+        err: Exception | None = None
+        fmt = "raw"
+        try:
+            fmt = _resolve_format(state, self.format if format is None else format)
+            if metadata is not None:
+                metadata = dict(metadata)
+                json.dumps(metadata)  # fail before writing anything
+            if self.rank == 0:
+                self._clear_step(step)
+        except Exception as e:
+            err = e
         self._barrier()
 
-        shard_uri = f"{sdir}/rank-{self.rank:05d}.{_EXT[fmt]}"
+        sdir = self.step_uri(step)
+        info: dict[str, Any] = {"rank": self.rank}
+        if err is None:
+            try:
+                info.update(self._write_shard(f"{sdir}/rank-{self.rank:05d}.{_EXT[fmt]}", state, fmt))
+            except Exception as e:
+                err = e
+        if err is not None:
+            info["error"] = f"{type(err).__name__}: {err}"
+
+        shards = self._gather(info, sdir)
+        failed = [s for s in shards if "error" in s]
+        try:
+            if self.rank == 0 and not failed:
+                manifest = {
+                    "format": MANIFEST_FORMAT,
+                    "step": step,
+                    "time": time.time(),
+                    "world_size": self.world_size,
+                    "state_format": fmt,
+                    "shards": sorted(shards, key=lambda s: int(s["rank"])),
+                    "metadata": metadata if metadata is not None else {},
+                }
+                _s3.put(self._manifest_uri(step), json.dumps(manifest, indent=1).encode(), config=self.config)
+                self._write_latest(step)
+                self._retain(step)
+        except Exception as e:
+            err = e
+        rank0_error = self._agree(
+            step, None if err is None or self.rank != 0 else f"{type(err).__name__}: {err}"
+        )
+        if err is not None:
+            raise err
+        if failed:
+            detail = "; ".join(f"rank {s['rank']}: {s['error']}" for s in failed)
+            raise StorageIOError(f"checkpoint step {step} under {self.uri} was not published: {detail}", sdir)
+        if rank0_error is not None:
+            raise StorageIOError(
+                f"checkpoint step {step} under {self.uri} was not published: rank 0: {rank0_error}", sdir
+            )
+
+    def _write_shard(self, uri: str, state: object, fmt: str) -> dict[str, Any]:
         with _s3.open(
-            shard_uri,
+            uri,
             "wb",
             part_size=self.part_size,
             max_parts_in_flight=self.max_parts_in_flight,
@@ -480,23 +528,23 @@ class CheckpointManager:
                 _write_numpy(state, w)
             else:
                 w.write(cast("BufferLike", state))
-        info = {"rank": self.rank, "path": shard_uri.rsplit("/", 1)[1], "size": w.size, "crc32c": w.crc32c}
+        return {"path": uri.rsplit("/", 1)[1], "size": w.size, "crc32c": w.crc32c}
 
-        shards = self._gather(info, sdir)
-        if self.rank == 0:
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "step": step,
-                "time": time.time(),
-                "world_size": self.world_size,
-                "state_format": fmt,
-                "shards": sorted(shards, key=lambda s: int(s["rank"])),
-                "metadata": metadata if metadata is not None else {},
-            }
-            _s3.put(self._manifest_uri(step), json.dumps(manifest, indent=1).encode(), config=self.config)
-            self._write_latest(step)
-            self._retain(step)
+    def _agree(self, step: int, rank0_error: str | None) -> str | None:
+        """The last synchronisation of a save: every rank learns whether rank 0 published
+        (through torch.distributed; with a barrier, by reading ``latest`` afterwards)."""
+        if self.world_size == 1:
+            return rank0_error
+        if self._use_dist:
+            out: builtins.list[Any] = [None] * self.world_size
+            _dist().all_gather_object(out, rank0_error)
+            return cast("str | None", out[0])
         self._barrier()
+        if self.rank != 0:
+            latest = self.latest_step()
+            if latest != step:
+                return f"it did not publish the step (latest names {latest})"
+        return rank0_error
 
     def _write_latest(self, step: int | None) -> None:
         if step is None:

@@ -319,6 +319,33 @@ def test_manager_ranks_with_a_barrier(bucket: str) -> None:
         mgr0.load(2, rank=2)
 
 
+def test_manager_a_failing_rank_fails_every_rank(bucket: str) -> None:
+    """When one rank cannot write its shard, no rank waits forever: the failing rank raises its
+    own error, the others a StorageIOError naming it, and nothing is published (latest stays)."""
+    barrier = threading.Barrier(2, timeout=60)
+    uri = f"s3://{bucket}/failing"
+    raised: dict[int, BaseException] = {}
+
+    def run(rank: int) -> None:
+        mgr = CheckpointManager(uri, rank=rank, world_size=2, barrier=barrier.wait)
+        mgr.save(1, {"w": np.ones(10)})
+        bad: object = {"w": np.ones(10)} if rank == 0 else {"w": object()}
+        try:
+            mgr.save(2, bad, format="numpy")
+        except Exception as e:
+            raised[rank] = e
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert isinstance(raised[1], InvalidConfigError)
+    assert isinstance(raised[0], s3dlio.exceptions.StorageIOError) and "rank 1" in str(raised[0])
+    mgr = CheckpointManager(uri, rank=0, world_size=2, barrier=lambda: None)
+    assert mgr.list() == [1] and mgr.latest_step() == 1
+
+
 NO_TORCH = r"""
 import sys
 sys.modules["torch"] = None  # any `import torch` now fails, as in a JAX-only environment

@@ -67,7 +67,7 @@ if mode == "mid-shard-torch":
         return HangAfter(f) if mode == "wb" else f
 
     s3dlio.open = open_
-    state = {"big": torch.ones(64 * MiB // 4), "step": 2}
+    state = {"big": torch.ones(24 * MiB // 4), "step": 2}
 elif mode == "mid-shard-numpy":
 
     class Slow:
