@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 from . import _core, exceptions
 from ._core import Buffer, CancelToken, ListIter, ObjectInfo, live_tasks
 from .config import StorageConfig, native_config
-from .files import AsyncObjectReader, AsyncObjectWriter, ObjectReader, ObjectWriter, open, open_async
+from .files import (
+    AsyncObjectReader,
+    AsyncObjectWriter,
+    ObjectReader,
+    ObjectWriter,
+    open,  # noqa: A004 - s3dlio.open mirrors the builtin, for objects
+    open_async,
+)
 from .options import LoaderOptions, PoolConfig, RangeEngineConfig
 
 if TYPE_CHECKING:
@@ -44,9 +51,9 @@ __all__ = [
     "RangeEngineConfig",
     "StorageConfig",
     "__version__",
+    "crc32c",
     "create_bucket",
     "create_bucket_async",
-    "crc32c",
     "delete",
     "delete_async",
     "delete_bucket",
@@ -83,6 +90,8 @@ __all__ = [
 _list = list  # the builtin, shadowed below by s3dlio.list
 
 _LAZY = {"DataLoader", "ObjectDataset", "ObjectIterableDataset"}
+# Submodules that import a framework when used: `s3dlio.checkpoint` works after `import s3dlio`.
+_SUBMODULES = {"checkpoint", "dcp", "lightning", "jax", "tf", "data"}
 
 
 def __getattr__(name: str) -> object:
@@ -92,6 +101,10 @@ def __getattr__(name: str) -> object:
         from . import data
 
         return getattr(data, name)
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 's3dlio' has no attribute {name!r}")
 
 

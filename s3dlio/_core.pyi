@@ -171,6 +171,7 @@ def epoch_indices(
     num_workers: int = 1,
     even: str = "pad",
 ) -> builtins.list[int]: ...
+
 @final
 class Writer:
     """The native streaming writer behind ``s3dlio.open(uri, "wb")``."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -21,7 +21,9 @@ from .config import StorageConfig, native_config
 from .options import RangeEngineConfig
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer as BufferLike, Self
+    from typing import Self
+
+    from typing_extensions import Buffer as BufferLike
 
 __all__ = ["AsyncObjectReader", "AsyncObjectWriter", "ObjectReader", "ObjectWriter", "open", "open_async"]
 
@@ -98,7 +100,7 @@ class ObjectWriter(io.BufferedIOBase):
     def seekable(self) -> bool:
         return False
 
-    def write(self, b: BufferLike) -> int:  # type: ignore[override]
+    def write(self, b: BufferLike) -> int:
         """Append ``b`` (any buffer); returns its length."""
         self._check_open()
         return self._w.write(b)
@@ -344,7 +346,11 @@ def open(  # noqa: A001 - mirrors the builtin, as file objects on object storage
     rng = None if range_engine is None else range_engine.to_dict()
     return ObjectReader(
         _core.open_reader(
-            uri, rng, _count("readahead", readahead, low=0), _count("size", size, low=0), native_config(config)
+            uri,
+            rng,
+            _count("readahead", readahead, low=0),
+            _count("size", size, low=0),
+            native_config(config),
         )
     )
 
@@ -385,7 +391,8 @@ class AsyncObjectWriter:
         return await self._w.write_async(b)
 
     def tell(self) -> int:
-        return self._w.tell()
+        """Bytes written so far (after ``close()``: the object's size)."""
+        return self._result[0] if self._result is not None else self._w.tell()
 
     async def close(self) -> None:
         """Publish the object (idempotent)."""
@@ -409,6 +416,10 @@ class AsyncObjectWriter:
     def crc32c(self) -> int:
         return self._done()[1]
 
+    @property
+    def parts(self) -> int:
+        return self._done()[2]
+
     def _done(self) -> tuple[int, int, int]:
         if self._result is None:
             raise ValueError(f"{self.uri} has not been published (close() it first)")
@@ -426,7 +437,6 @@ class AsyncObjectWriter:
             await self.close()
         else:
             await self.abort()
-
 
 
 class AsyncObjectReader:
@@ -473,7 +483,7 @@ class AsyncObjectReader:
 class _Opening:
     """What :func:`open_async` returns: await it for the file, or use it in ``async with``."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self._make = make
         self._file: AsyncObjectReader | AsyncObjectWriter | None = None
 
@@ -522,7 +532,13 @@ def open_async(
         return _Opening(make_writer)
     _reject(mode, part_size=part_size, max_parts_in_flight=max_parts_in_flight, fsync=fsync)
     rng = None if range_engine is None else range_engine.to_dict()
-    rargs = (uri, rng, _count("readahead", readahead, low=0), _count("size", size, low=0), native_config(config))
+    rargs = (
+        uri,
+        rng,
+        _count("readahead", readahead, low=0),
+        _count("size", size, low=0),
+        native_config(config),
+    )
 
     async def make_reader() -> AsyncObjectReader:
         return AsyncObjectReader(await _core.open_reader_async(*rargs))

@@ -33,6 +33,13 @@ def _no_uploads_left(boto3_client, bucket: str) -> bool:  # type: ignore[no-unty
     return wait_until(lambda: not _open_uploads(boto3_client, bucket), timeout=5)
 
 
+def _write_then_fail(uri: str, data: bytes, opened: list[s3dlio.ObjectWriter]) -> None:
+    with s3dlio.open(uri, "wb", part_size=5 * MiB) as f:
+        opened.append(f)
+        f.write(data)
+        raise RuntimeError("boom")
+
+
 def _write_odd_sizes(f: s3dlio.ObjectWriter, data: bytes) -> None:
     sizes = [1, 7, 3 * MiB + 1]
     pos, i = 0, 0
@@ -90,10 +97,10 @@ def test_exception_inside_with_publishes_nothing(root: str, size: int, boto3_cli
     uri = root + "dir/obj"
     s3dlio.put(uri, b"previous version")
     before = {o.uri for o in s3dlio.list(root)}
-    with pytest.raises(RuntimeError, match="boom"), s3dlio.open(uri, "wb", part_size=5 * MiB) as f:
-        f.write(_payload(size))
-        raise RuntimeError("boom")
-    assert f.closed
+    opened: list[s3dlio.ObjectWriter] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        _write_then_fail(uri, _payload(size), opened)
+    assert opened[0].closed
     assert s3dlio.get(uri) == b"previous version"
     assert {o.uri for o in s3dlio.list(root)} == before
     if root.startswith("s3://"):
@@ -172,15 +179,16 @@ def test_a_cut_connection_during_a_part_is_retried(bucket: str, s3_config, proxy
     assert s3dlio.get(f"s3://{bucket}/cut") == data
 
 
-def test_a_part_that_keeps_failing_aborts_the_upload(bucket: str, s3_config, proxy: FaultProxy, boto3_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_part_that_keeps_failing_aborts_the_upload(
+    bucket: str, s3_config, proxy: FaultProxy, boto3_client
+) -> None:  # type: ignore[no-untyped-def]
     """Every attempt at part 2 is cut: the write fails with an error naming the object and the
     part, no object is published, and no upload is left open. Never a completed short object."""
     cfg = s3_config(endpoint_url=proxy.endpoint, max_attempts=2)
     uri = f"s3://{bucket}/cut"
     proxy.set_mode("reset", match=r"[?&]partNumber=2[& ]")
-    with pytest.raises(exc.S3dlioError) as info:  # noqa: PT012 - the failure surfaces in write or close
-        with s3dlio.open(uri, "wb", part_size=5 * MiB, config=cfg) as f:
-            f.write(_payload(16 * MiB))
+    with pytest.raises(exc.S3dlioError) as info, s3dlio.open(uri, "wb", part_size=5 * MiB, config=cfg) as f:
+        f.write(_payload(16 * MiB))
     msg = str(info.value)
     assert uri in msg and "part 2" in msg, msg
     proxy.set_mode("pass")
@@ -188,15 +196,19 @@ def test_a_part_that_keeps_failing_aborts_the_upload(bucket: str, s3_config, pro
     assert _no_uploads_left(boto3_client, bucket)
 
 
-def test_a_corrupted_part_is_refused_not_stored(bucket: str, s3_config, proxy: FaultProxy, boto3_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupted_part_is_refused_not_stored(
+    bucket: str, s3_config, proxy: FaultProxy, boto3_client
+) -> None:  # type: ignore[no-untyped-def]
     """One byte of part 2 is flipped on the wire: its CRC32C no longer matches, the server refuses
     it, the write fails clearly, and nothing is published."""
     cfg = s3_config(endpoint_url=proxy.endpoint, max_attempts=1)
     uri = f"s3://{bucket}/corrupt"
     proxy.set_mode("corrupt_body", match=r"[?&]partNumber=2[& ]")
-    with pytest.raises(exc.S3dlioError, match="part 2"):  # noqa: PT012
-        with s3dlio.open(uri, "wb", part_size=5 * MiB, config=cfg) as f:
-            f.write(_payload(12 * MiB))
+    with (
+        pytest.raises(exc.S3dlioError, match="part 2"),
+        s3dlio.open(uri, "wb", part_size=5 * MiB, config=cfg) as f,
+    ):
+        f.write(_payload(12 * MiB))
     proxy.set_mode("pass")
     assert not s3dlio.exists(uri)
     assert _no_uploads_left(boto3_client, bucket)
@@ -235,7 +247,11 @@ def test_sigint_while_the_server_stopped_answering(bucket: str, proxy: FaultProx
     env = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint)
     env.pop("AWS_ENDPOINT_URL_S3", None)
     child = subprocess.Popen(
-        [sys.executable, "-P", "-c", CHILD, uri], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-P", "-c", CHILD, uri],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None
@@ -297,7 +313,9 @@ def test_peak_rss_writing_2_gib_stays_within_the_window(bucket: str) -> None:
     assert size == 2048 * MiB
     assert s3dlio.stat(uri).size == size
     window = 4 * 8 * MiB
-    assert grown <= window * 1.1 + 32 * MiB, f"peak RSS grew by {grown / MiB:.0f} MiB (window {window / MiB:.0f} MiB)"
+    assert grown <= window * 1.1 + 32 * MiB, (
+        f"peak RSS grew by {grown / MiB:.0f} MiB (window {window / MiB:.0f} MiB)"
+    )
     s3dlio.delete(uri)
 
 

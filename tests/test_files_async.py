@@ -70,7 +70,7 @@ def test_async_round_trip(aroot: str) -> None:
 
         async with s3dlio.open_async(uri) as r:
             assert r.size == len(data) and r.uri == uri
-            assert (r.etag is not None) == uri.startswith("s3://")
+            assert isinstance(r.etag, str) and r.etag
             head = await r.read(10)
             assert isinstance(head, s3dlio.Buffer) and bytes(head) == data[:10]
             assert bytes(await r.read(PART)) == data[10 : PART + 10]

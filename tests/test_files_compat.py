@@ -245,10 +245,7 @@ def test_read_sizes_and_read_to_the_end(root: str) -> None:
     with s3dlio.open(root + "x", range_engine=SMALL_CHUNKS) as f:
         assert f.readable() and f.seekable() and not f.writable()
         assert f.size == len(data) and f.name == f.uri == root + "x" and f.mode == "rb"
-        if root.startswith("s3://"):
-            assert isinstance(f.etag, str) and f.etag
-        else:
-            assert f.etag is None
+        assert isinstance(f.etag, str) and f.etag  # local files: inode, size and mtime
         assert f.read(0) == b""
         assert f.read(10) == data[:10]
         assert f.read(100_000) == data[10:100_010]  # across chunk boundaries
@@ -435,9 +432,6 @@ def read_rest_unless_changed(f: io.BufferedIOBase) -> bytes | None:
         return None
 
 
-@pytest.mark.xfail(
-    reason="file:// and direct:// pin only the size: a same-size replacement mixes versions", strict=True
-)
 @pytest.mark.parametrize("scheme", ["file", "direct"])
 def test_a_local_file_replaced_while_read_is_an_error(
     scheme: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -492,11 +486,6 @@ def test_a_wrong_size_is_a_clear_error(root: str) -> None:
             s3dlio.open(root + "x", size=bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="s3://: size=1 for an empty object is a RangeError about range 0+8388608 (the 416 of the "
-    "first chunk), not the size mismatch",
-    strict=True,
-)
 def test_a_wrong_size_of_an_empty_object_is_a_size_error_on_s3(bucket: str) -> None:
     """``size=1`` for an empty object is the same StorageIOError as any other wrong size (it is on
     file:// and direct://, tested above)."""

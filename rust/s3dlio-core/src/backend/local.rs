@@ -197,6 +197,13 @@ fn too_large(uri: &str) -> Error {
     Error::new(ErrorKind::Io, Some(uri), "the file is too large for this machine's address space")
 }
 
+/// A file's version, as an ETag stands for an object's: its inode (a replacement by rename is a
+/// new inode), size and modification time (a write in place changes it).
+fn version_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{:x}-{:x}-{:x}.{:x}", meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec())
+}
+
 /// `(offset, length)` to read from a file of `size` bytes, per `opts` (checked arithmetic).
 fn span(opts: &GetOptions, size: u64, uri: &str) -> Result<(u64, u64)> {
     if let Some(want) = opts.expected_size {
@@ -204,7 +211,7 @@ fn span(opts: &GetOptions, size: u64, uri: &str) -> Result<(u64, u64)> {
             return Err(Error::new(
                 ErrorKind::Changed,
                 Some(uri),
-                format!("the file is {size} bytes now, but {want} when listed: it changed"),
+                format!("the file is {size} bytes now, but {want} were expected (from a listing or the caller): it changed, or the size given is wrong"),
             ));
         }
     }
@@ -432,10 +439,31 @@ impl Backend for LocalBackend {
         let (mode, path, uri, opts) = (self.mode, PathBuf::from(key), self.uri(key), opts.clone());
         blocking(move |stop| {
             let f = open_read(&path, mode, &uri)?;
-            let size = f.metadata().map_err(|e| Error::from_io(&e, &uri))?.len();
+            let meta = f.metadata().map_err(|e| Error::from_io(&e, &uri))?;
+            let size = meta.len();
+            let version = version_of(&meta);
+            if let Some(want) = &opts.if_match {
+                if *want != version {
+                    return Err(Error::new(
+                        ErrorKind::Changed,
+                        Some(&uri),
+                        "the file was replaced or modified since it was first read",
+                    ));
+                }
+            }
             let (offset, len) = span(&opts, size, &uri)?;
             let data = read_span(&f, mode, offset, len, &uri, stop)?;
-            Ok(GetResult { data, size: Some(size), etag: None })
+            // Checked again after the read: a write in place during it changes the mtime.
+            if let Ok(after) = f.metadata() {
+                if version_of(&after) != version {
+                    return Err(Error::new(
+                        ErrorKind::Changed,
+                        Some(&uri),
+                        "the file changed while it was read",
+                    ));
+                }
+            }
+            Ok(GetResult { data, size: Some(size), etag: Some(version) })
         })
         .await
     }
@@ -453,7 +481,7 @@ impl Backend for LocalBackend {
         // COPY: the blocking pool cannot borrow the caller's buffer (the read may outlive a dropped
         // caller); local reads normally go through `get`, which reads in place.
         dst.copy_from_slice(&got.data);
-        Ok(None)
+        Ok(got.etag)
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {

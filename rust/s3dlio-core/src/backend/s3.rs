@@ -330,7 +330,7 @@ fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -> Result<()
         (Some(want), Some(total)) if want != total => Err(Error::new(
             ErrorKind::Changed,
             Some(uri),
-            format!("object is {total} bytes now, but {want} when listed: it changed while being read"),
+            format!("object is {total} bytes, but {want} were expected (from a listing or the caller): it changed, or the size given is wrong"),
         )),
         _ => Ok(()),
     }

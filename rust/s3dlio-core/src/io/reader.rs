@@ -136,8 +136,9 @@ impl Reader {
                     let total = got.size.unwrap_or(got.data.len() as u64);
                     (got.data, total, got.etag)
                 }
-                // 416 for a range at byte 0: the object is empty.
-                Err(e) if e.kind() == ErrorKind::InvalidRange && size.is_none_or(|s| s == 0) => {
+                // 416 for a range at byte 0: the object is empty (a plain GET says so, or that the size
+                // expected is wrong).
+                Err(e) if e.kind() == ErrorKind::InvalidRange => {
                     let got =
                         backend.get(&key, &GetOptions { expected_size: size, ..Default::default() }).await?;
                     let total = got.data.len() as u64;

@@ -67,8 +67,9 @@ async fn read_pinned(
     };
     let first = match within(cfg.range_timeout, "range_timeout", &uri, b.get(key, &head)).await {
         Ok(got) => got,
-        // 416 for a range starting at byte 0: the object is empty.
-        Err(e) if e.kind() == ErrorKind::InvalidRange && size.is_none_or(|s| s == 0) => {
+        // 416 for a range starting at byte 0: the object is empty (a plain GET says so, or that
+        // the size expected is wrong).
+        Err(e) if e.kind() == ErrorKind::InvalidRange => {
             return Ok(b.get(key, &GetOptions { expected_size: size, ..Default::default() }).await?.data)
         }
         Err(e) => return Err(e),
