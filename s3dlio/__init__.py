@@ -10,7 +10,9 @@ Only numpy is needed to import it; torch, jax and tensorflow are optional.
 
 from __future__ import annotations
 
+import atexit
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -109,6 +111,18 @@ def __getattr__(name: str) -> object:
 
 
 _native = native_config
+
+
+def _drain_asyncio_bridge() -> None:
+    # At exit, before the interpreter finalizes: let tokio workers that are handing an asyncio
+    # result back to Python (which releases and retakes the GIL) finish. A worker retaking the
+    # GIL during finalization is ended with pthread_exit, which aborts the process.
+    deadline = time.monotonic() + 2.0
+    while _core._asyncio_tasks() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+atexit.register(_drain_asyncio_bridge)
 
 
 def _uris(uris: Iterable[str]) -> Sequence[str]:

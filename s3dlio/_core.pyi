@@ -238,6 +238,9 @@ def open_reader_async(
 def crc32c(data: _BufferProtocol, value: int = 0) -> int:
     """CRC32C (Castagnoli) of any buffer, continuing from ``value``."""
 
+def _asyncio_tasks() -> int:
+    """asyncio bridge tasks still running (waited for at interpreter exit)."""
+
 def live_tasks() -> int:
     """Number of tasks s3dlio has running in this process right now (0 when idle)."""
 

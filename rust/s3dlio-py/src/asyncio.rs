@@ -5,6 +5,7 @@ use std::any::Any;
 use std::cell::OnceCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{self, ContextExt, JoinError, Runtime};
@@ -19,6 +20,33 @@ tokio::task_local! {
 }
 
 pub struct S3dlioRuntime;
+
+/// asyncio bridge tasks not yet finished, including their last step: handing the result to the
+/// event loop (`call_soon_threadsafe`, which releases and retakes the GIL). Python waits for this
+/// to reach 0 at exit (an `atexit` hook): a worker that retakes the GIL once the interpreter is
+/// finalizing is ended with `pthread_exit`, which aborts the process when it unwinds Rust frames.
+static BRIDGE_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        BRIDGE_TASKS.fetch_add(1, Ordering::SeqCst);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        BRIDGE_TASKS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Number of asyncio bridge tasks still running (see [`BRIDGE_TASKS`]).
+#[pyfunction]
+pub fn _asyncio_tasks() -> usize {
+    BRIDGE_TASKS.load(Ordering::SeqCst)
+}
 
 pub struct TaskJoinError(tokio::task::JoinError);
 
@@ -44,7 +72,11 @@ impl Runtime for S3dlioRuntime {
         // `future()` below builds the context before handing work to pyo3-async-runtimes.
         #[allow(clippy::expect_used)]
         let ctx = context().expect("s3dlio runtime context exists before asyncio work is spawned");
-        let handle = ctx.spawn(fut);
+        let counted = Counted::new();
+        let handle = ctx.spawn(async move {
+            let _counted = counted;
+            fut.await;
+        });
         Box::pin(async move { handle.await.map_err(TaskJoinError) })
     }
 
@@ -54,7 +86,12 @@ impl Runtime for S3dlioRuntime {
     {
         #[allow(clippy::expect_used)]
         let ctx = context().expect("s3dlio runtime context exists before asyncio work is spawned");
-        let handle = ctx.runtime().spawn_blocking(f);
+        // pyo3-async-runtimes hands results to the event loop from here (set_result).
+        let counted = Counted::new();
+        let handle = ctx.runtime().spawn_blocking(move || {
+            let _counted = counted;
+            f();
+        });
         Box::pin(async move { handle.await.map_err(TaskJoinError) })
     }
 }

@@ -313,6 +313,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_bucket, m)?)?;
     m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
+    m.add_function(wrap_pyfunction!(asyncio::_asyncio_tasks, m)?)?;
     m.add_class::<io::PyWriter>()?;
     m.add_class::<io::PyReader>()?;
     m.add_function(wrap_pyfunction!(io::open_writer, m)?)?;
