@@ -394,8 +394,7 @@ def test_lightning_checkpoint_io(bucket: str) -> None:
     """A real Lightning Trainer (CPU, 2 steps) with S3dlioCheckpointIO: trainer.save_checkpoint
     to s3:// and a resumed fit from it (the weights and the global step come back), then
     remove_checkpoint."""
-    # Not require(): lightning is in no extra, so CI (CI=true) may lack it; there this skips.
-    pytest.importorskip("lightning")
+    require("lightning")  # the `lightning` extra; CI installs it
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
