@@ -20,6 +20,7 @@ import pytest
 
 import s3dlio
 from s3dlio.exceptions import S3dlioError
+from helpers import require
 from s3dlio.testing import LocalS3Server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -66,9 +67,9 @@ def my_bucket(s3_server: LocalS3Server) -> Iterator[str]:
 
 
 def test_readme_shows_the_examples() -> None:
-    """The README still has its six API examples as ```python blocks (so the test below cannot
+    """The README still has its seven API examples as ```python blocks (so the test below cannot
     pass by finding none), and still shows the CI test command .ci/run greps for."""
-    assert len(python_blocks()) >= 6
+    assert len(python_blocks()) >= 7
     assert "pip install nox && nox -s ci" in README.read_text()
 
 
@@ -80,6 +81,7 @@ def test_readme_examples_run_as_written(
     the upload of the relative ./dataset stores keys relative to it, the get_range is the first
     4096 bytes, the file:// and direct:// reads of the downloaded copy give the S3 bytes, the
     deleted key is gone, the training loop stops at step 10 with a checkpoint of 11 batches."""
+    require("torch")  # the checkpoint example
     monkeypatch.chdir(disk_dir)
     for rel, data in DATASET.items():
         p = Path("dataset", rel)
@@ -128,3 +130,9 @@ def test_readme_examples_run_as_written(
     rest = [int(i) for b in namespace["loader"] for i in np.asarray(b).tolist()]
     assert sorted(seen + rest) == list(range(TRAIN)), "the resumed epoch yields exactly the unseen samples"
     namespace["loader"].close()
+
+    # Checkpoints: the streamed torch.save read back; the manager's step 100 is the latest.
+    torch = namespace["torch"]
+    assert torch.equal(namespace["state"]["w"], torch.arange(10))
+    assert namespace["step"] == 100 and torch.equal(namespace["restored"]["w"], torch.ones(4))
+    assert namespace["manager"].list() == [100]
