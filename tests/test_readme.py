@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import s3dlio
-from s3dlio.exceptions import S3dlioError
 from helpers import require
+from s3dlio.exceptions import S3dlioError
 from s3dlio.testing import LocalS3Server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
