@@ -247,6 +247,8 @@ REFERENCE = "s3dlio==0.10.0"
 
 
 def _bench(session: nox.Session, *args: str) -> None:
+    # s3torchconnector's DCP classes (the checkpoint workloads) need its `dcp` extra (tenacity).
+    session.install("s3torchconnector[dcp]")
     ref = ROOT / ".bench" / "ref"
     python = ref / "bin" / "python"
     if not python.exists():
@@ -264,7 +266,8 @@ def bench(session: nox.Session) -> None:
 
     Built with the release profile; `nox -s bench -- --quick` (a small run that only checks the
     harness) uses the dev profile. Other arguments go to benchmarks/bench.py
-    (`nox -s bench -- --workloads a,f --reps 5`).
+    (`nox -s bench -- --workloads a,f --reps 5`; `nox -s bench -- --only checkpoint` runs only the
+    checkpoint workloads and rewrites only their section).
     """
     quick = "--quick" in session.posargs
     _install(session, "torch,bench", release=not quick)

@@ -1,6 +1,7 @@
 """s3dlio against its peers, side by side on one local S3 server (run by ``nox -s bench``).
 
-    python -P benchmarks/bench.py [--quick] [--reps N] [--workloads a,b,...] [--clients x,y,...]
+    python -P benchmarks/bench.py [--quick] [--reps N[,KEY=N...]] [--only transfer|checkpoint]
+                                  [--workloads a,b,...] [--clients x,y,...]
 
 Starts SeaweedFS pinned to one core (``taskset -c 1``), writes the datasets, and measures every
 workload for every client in turn, rotating the order of the clients from one repetition to the
@@ -14,6 +15,13 @@ Writes ``docs/benchmarks/results.json`` (every measurement, the machine, the ver
 ``docs/benchmarks/bench.png`` (the chart) and the generated section of ``docs/benchmarks.md``
 (between its ``bench:begin`` / ``bench:end`` markers). ``--quick`` runs small versions of every
 workload once, to check the harness (CI does); its numbers say nothing about speed.
+
+The checkpoint workloads (k1, k4: save and load of a 1 GiB and a 4 GiB torch state dict on S3
+and on ``file://``) run ``bench_checkpoint.py`` instead, one fresh process per save and per load
+(all of them in one process with ``--quick``), and have outputs of their own:
+``docs/benchmarks/checkpoint.json``, ``docs/benchmarks/checkpoint.png`` and the section between
+``bench-checkpoint:begin`` / ``bench-checkpoint:end``. A run writes only the outputs of the
+workloads it measured (``--only checkpoint`` leaves the transfer section as it is).
 
 The reference s3dlio release (its module is also called ``s3dlio``) runs from its own virtual
 environment: ``--ref-python`` (default ``.bench/ref/bin/python``, which ``nox -s bench`` makes).
@@ -46,6 +54,27 @@ KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 
 S3_GET = ["s3dlio", "s3dlio-0.10.0", "s3torchconnector", "boto3", "s5cmd"]
 EPOCH = ["s3dlio", "s3dlio-0.10.0", "s3torchconnector", "boto3"]
+# Checkpoint rows, "storage:client" (bench_checkpoint.py's CLIENTS), and the modules each needs.
+CHECKPOINT_CLIENTS = {
+    "s3dlio.checkpoint": ["torch", "s3dlio.checkpoint"],
+    "s3dlio.dcp": ["torch.distributed.checkpoint", "s3dlio.dcp"],
+    "s3torchconnector S3Checkpoint": ["torch", "s3torchconnector"],
+    "s3torchconnector DCP": ["torch.distributed.checkpoint", "s3torchconnector.dcp"],
+    "torch.save + boto3": ["torch", "boto3"],
+    "torch.save": ["torch"],
+    "torch DCP FileSystemWriter": ["torch.distributed.checkpoint"],
+}
+CHECKPOINT_ROWS = [
+    "s3:s3dlio.checkpoint",
+    "s3:s3dlio.dcp",
+    "s3:s3torchconnector S3Checkpoint",
+    "s3:s3torchconnector DCP",
+    "s3:torch.save + boto3",
+    "file:s3dlio.checkpoint",
+    "file:s3dlio.dcp",
+    "file:torch DCP FileSystemWriter",
+    "file:torch.save",
+]
 
 
 @dataclass
@@ -64,6 +93,11 @@ class Workload:
     def shape(self, quick: bool) -> tuple[int, int]:
         return (self.quick_count, self.quick_size) if quick else (self.count, self.size)
 
+    @property
+    def group(self) -> str:
+        """Which outputs it goes to: "transfer" (results.json, bench.png) or "checkpoint"."""
+        return "checkpoint" if self.kind == "checkpoint" else "transfer"
+
 
 WORKLOADS = [
     Workload("a", "GET 4,000 x 64 KiB", "get", 4000, 64 * KIB, 200, 64 * KIB, S3_GET, unit="objects/s"),
@@ -78,7 +112,21 @@ WORKLOADS = [
              200, 64 * KIB, EPOCH, unit="objects/s", cpu_targets=False),
     Workload("g1", "PUT 64 x 16 MiB (multipart)", "put", 64, 16 * MIB, 4, 16 * MIB, S3_GET),
     Workload("g2", "PUT 4,000 x 64 KiB", "put", 4000, 64 * KIB, 200, 64 * KIB, S3_GET, unit="objects/s"),
+    # Checkpoints: `size` is the state dict's target size; clients are "storage:client" rows.
+    Workload("k1", "Checkpoint: 1 GiB torch state dict, save and load", "checkpoint", 1, GIB, 1, 16 * MIB,
+             CHECKPOINT_ROWS, unit="GB/s"),
+    Workload("k4", "Checkpoint: 4 GiB torch state dict, save and load", "checkpoint", 1, 4 * GIB, 0, 0,
+             CHECKPOINT_ROWS, unit="GB/s"),
 ]  # fmt: skip
+GROUPS = ("transfer", "checkpoint")
+STATE_SHAPE = {  # bench_checkpoint.layout(): what the state dicts are made of
+    "k1": "d_model 1024, vocabulary 32,768, 16 layers; float32 embedding and output matrices of "
+    "128 MiB, per layer QKV 12 MiB, MLP 16 MiB x 2, output projection 4 MiB, biases and layer norms "
+    "of 4-16 KiB, a 32-byte bfloat16 rotary table; an 8-byte int64 step",
+    "k4": "d_model 2048, vocabulary 32,768, 19 layers; float32 embedding and output matrices of "
+    "256 MiB, per layer QKV 48 MiB, MLP 64 MiB x 2, output projection 16 MiB, biases and layer norms "
+    "of 8-32 KiB, a 64-byte bfloat16 rotary table; an 8-byte int64 step",
+}
 
 LABELS = {  # how each client is driven, for the table's notes
     "s3dlio": "this project: get_many / get / put_many; s3dlio.DataLoader for the epoch",
@@ -92,6 +140,24 @@ LABELS = {  # how each client is driven, for the table's notes
     "cat": "cat of the 64 files into a pipe read by Python",
     "numpy.fromfile": "numpy.fromfile per file",
     "dd": "dd if=FILE of=/dev/null bs=4M iflag=direct per file",
+}
+CHECKPOINT_LABELS = {
+    "s3dlio.checkpoint": "`s3dlio.checkpoint.save(state, uri)` (torch.save streamed through "
+    '`s3dlio.open(uri, "wb")`, default part size and parts in flight) / '
+    '`s3dlio.checkpoint.load(uri)` (torch.load over `s3dlio.open(uri, "rb")`)',
+    "s3dlio.dcp": "`torch.distributed.checkpoint.save/load(..., storage_writer=s3dlio.dcp.StorageWriter(uri)` "
+    "/ `storage_reader=s3dlio.dcp.StorageReader(uri)`, `no_dist=True`), one process",
+    "s3torchconnector S3Checkpoint": "`torch.save(state, S3Checkpoint(region, endpoint).writer(uri))` / "
+    "`torch.load(S3Checkpoint(...).reader(uri))` (its default sequential reader)",
+    "s3torchconnector DCP": "DCP with `S3StorageWriter(region, uri)` (thread_count=1, its default) / "
+    "`S3StorageReader(region, uri)` (its default DCP-optimized reader); version 1.5 takes no "
+    "endpoint for DCP, so the harness gives their file system an `S3Client` with the local endpoint",
+    "torch.save + boto3": "`torch.save` to a file in the data directory, then boto3 `upload_file` "
+    "(TransferConfig(max_concurrency=32), 8 MiB parts), file deleted / `download_file` to that "
+    "directory, then `torch.load`, file deleted (both steps timed)",
+    "torch.save": "`torch.save(state, path)` / `torch.load(path)`: the floor",
+    "torch DCP FileSystemWriter": "DCP with torch's `FileSystemWriter(path)` (it fsyncs) / "
+    "`FileSystemReader(path)`",
 }
 
 
@@ -107,6 +173,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the machine's cores have run anything (user, nice, system, irq, softirq; not
+    idle, I/O wait or time stolen by the hypervisor), from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks[i] for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+
+
 def client_python(client: str, ref_python: str | None) -> str | None:
     """The interpreter that runs ``client``, or None when the client is not installed."""
     if client in ("cat", "dd"):
@@ -117,8 +190,43 @@ def client_python(client: str, ref_python: str | None) -> str | None:
         exe = shutil.which("s5cmd") or os.path.join(os.path.dirname(sys.executable), "s5cmd")
         return sys.executable if os.path.exists(exe) else None
     module = "numpy" if client == "numpy.fromfile" else client
-    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
+    # -P, as the clients run: from the repository root, `-c` would find the source tree's s3dlio
+    # (no extension) before the installed one.
+    probe = subprocess.run([sys.executable, "-P", "-c", f"import {module}"], capture_output=True)
     return sys.executable if probe.returncode == 0 else None
+
+
+def elf_sections(path: str) -> set[str]:
+    """Section names of an ELF64 little-endian shared object (empty when it is not one)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return set()
+        (shoff,) = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", head, 0x3A)
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        headers = [struct.unpack_from("<IIQQQQ", table, i * shentsize) for i in range(shnum)]
+        _name, _type, _flags, _addr, str_off, str_size = headers[shstrndx]
+        f.seek(str_off)
+        names = f.read(str_size)
+    return {names[h[0] : names.index(b"\0", h[0])].decode() for h in headers}
+
+
+def extension_build() -> str:
+    """What kind of build the installed s3dlio extension is: the dev profile keeps line tables
+    (``debug = "line-tables-only"`` in Cargo.toml), the release profile has no debug sections."""
+    try:
+        sections = elf_sections(s3dlio._core.__file__)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return "extension build unknown"
+    if not sections:
+        return "extension build unknown"
+    if ".debug_line" in sections or ".debug_info" in sections:
+        return "extension built with debug sections: the dev profile, not release"
+    return "extension without debug sections: release profile"
 
 
 def version_of(python: str, module: str) -> str:
@@ -156,6 +264,8 @@ class Run:
     cpu_s: float
     rss_mib: float
     server_cpu_s: float
+    extra_mib: float | None = None  # checkpoints: peak RSS above the state dict (bench_checkpoint.py)
+    other_cpu_s: float | None = None  # checkpoints: CPU time of every other process on the machine
 
     @property
     def mb_s(self) -> float:
@@ -175,6 +285,8 @@ class Series:
     workload: str
     client: str
     runs: list[Run] = field(default_factory=list)
+    storage: str = ""  # checkpoints: "s3" or "file"
+    op: str = ""  # checkpoints: "save" or "load"
 
     def stat(self, name: str) -> tuple[float, float, float]:
         values = [getattr(r, name) for r in self.runs]
@@ -193,7 +305,57 @@ class Series:
             "cpu_s_per_1k_objects": cpu / (objects / 1000),
             "server_cpu_pct": self.stat("server_pct")[0],
             "peak_rss_mib": max(r.rss_mib for r in self.runs),
+            **(self._checkpoint() if self.op else {}),
         }
+
+    def _checkpoint(self) -> dict[str, Any]:
+        other = [100 * (r.other_cpu_s or 0.0) / r.seconds for r in self.runs]
+        return {
+            "storage": self.storage,
+            "op": self.op,
+            "bytes_gb": self.runs[0].bytes / 1e9,
+            "tensors": self.runs[0].objects,
+            "gb_s": tuple(v / 1000 for v in self.stat("mb_s")),
+            "extra_mib": max(r.extra_mib or 0.0 for r in self.runs),
+            "other_cpu_pct": statistics.median(other),
+        }
+
+
+def drive(
+    cmd: list[str], env: dict[str, str], jobs: int, server_pid: int, what: str
+) -> list[tuple[dict[str, Any], float, float]]:
+    """Run one measurement process through its handshake, once per job: it prints ``READY``
+    when set up, gets a line on stdin, does the timed work and prints ``RESULT {json}``. For each
+    job: the result, the server's CPU seconds and the machine's busy CPU seconds in that window."""
+    child = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )  # fmt: skip
+    assert child.stdin is not None
+    assert child.stdout is not None
+    out: list[tuple[dict[str, Any], float, float]] = []
+    try:
+        for _ in range(jobs):
+            line = child.stdout.readline()
+            if line.strip() != "READY":
+                _, err = child.communicate(timeout=60)
+                raise RuntimeError(f"{what}: did not start: {line!r} {err[-3000:]}")
+            before, busy = proc_cpu_seconds(server_pid), busy_cpu_seconds()
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            line = child.stdout.readline()
+            after, busy = proc_cpu_seconds(server_pid), busy_cpu_seconds() - busy
+            if not line.startswith("RESULT "):
+                rest, err = child.communicate(timeout=60)
+                raise RuntimeError(f"{what}: failed (rc {child.returncode}): {line!r} {rest!r} {err[-3000:]}")
+            out.append((json.loads(line[len("RESULT ") :]), after - before, busy))
+        rest, err = child.communicate(timeout=600)
+        if child.returncode != 0:
+            raise RuntimeError(f"{what}: failed (rc {child.returncode}): {rest!r} {err[-3000:]}")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return out
 
 
 def measure(python: str, client: str, kind: str, spec: dict[str, Any], server_pid: int, pin: bool) -> Run:
@@ -206,33 +368,11 @@ def measure(python: str, client: str, kind: str, spec: dict[str, Any], server_pi
     if client == "s3dlio-0.10.0":
         env.pop("PYTHONPATH", None)  # never this checkout's s3dlio in the reference's interpreter
         env["BENCH_EXTRA_SITE"] = sysconfig.get_paths()["purelib"]  # torch, for its epoch
-    child = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )  # fmt: skip
-    assert child.stdin is not None
-    assert child.stdout is not None
     try:
-        line = child.stdout.readline()
-        if line.strip() != "READY":
-            _, err = child.communicate(timeout=60)
-            raise RuntimeError(f"{client} {kind}: did not start: {line!r} {err[-2000:]}")
-        before = proc_cpu_seconds(server_pid)
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        line = child.stdout.readline()
-        after = proc_cpu_seconds(server_pid)
-        out, err = child.communicate(timeout=600)
-        if not line.startswith("RESULT ") or child.returncode != 0:
-            raise RuntimeError(
-                f"{client} {kind}: failed (rc {child.returncode}): {line!r} {out!r} {err[-3000:]}"
-            )
+        ((r, server_cpu, _busy),) = drive(cmd, env, 1, server_pid, f"{client} {kind}")
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
         os.unlink(f.name)
-    r = json.loads(line[len("RESULT ") :])
-    return Run(r["seconds"], r["bytes"], r["objects"], r["cpu_s"], r["rss_mib"], after - before)
+    return Run(r["seconds"], r["bytes"], r["objects"], r["cpu_s"], r["rss_mib"], server_cpu)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +414,151 @@ def warm_page_cache(spec: dict[str, Any]) -> None:
         with open(uri.split("://", 1)[1], "rb") as f:
             while f.read(8 * MIB):
                 pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints (k1, k4): bench_checkpoint.py, one process per save and per load
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_clients(python: str, only: set[str] | None) -> tuple[list[str], list[str]]:
+    """The checkpoint clients whose modules import (one probe process), and the rest, with why."""
+    wanted = [c for c in CHECKPOINT_CLIENTS if only is None or c in only]
+    probe = (
+        "import importlib, json, sys\n"
+        "ok = {}\n"
+        "for c, mods in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        [importlib.import_module(m) for m in mods]\n"
+        "        ok[c] = ''\n"
+        "    except Exception as e:\n"
+        "        ok[c] = f'{type(e).__name__}: {e}'\n"
+        "print(json.dumps(ok))\n"
+    )
+    mods = {c: CHECKPOINT_CLIENTS[c] for c in wanted}
+    out = subprocess.run([python, "-P", "-c", probe, json.dumps(mods)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return [], [f"{c} (probe failed: {out.stderr.strip()[-200:]})" for c in wanted]
+    errors = json.loads(out.stdout)
+    have = [c for c in wanted if not errors[c]]
+    return have, [f"{c} ({errors[c]})" for c in wanted if errors[c]]
+
+
+def checkpoint_location(row: str, key: str, rep: int, bucket: str, data_dir: Path) -> tuple[str, str]:
+    """The URI a row's checkpoint goes to (a key, or a prefix for DCP) and what to delete after."""
+    storage, client = row.split(":", 1)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in client.lower())
+    name = "dcp" if "DCP" in client or client.endswith(".dcp") else "model.pt"
+    if storage == "s3":
+        prefix = f"s3://{bucket}/ckpt-{key}-{slug}-{rep}/"
+        return prefix + name, prefix
+    folder = (data_dir / f"ckpt-{key}-{slug}-{rep}").resolve()
+    return f"file://{folder}/{name}", f"file://{folder}/"
+
+
+def remove(location: str) -> None:
+    if location.startswith("s3://"):
+        s3dlio.delete_prefix(location)
+    else:
+        shutil.rmtree(location.split("://", 1)[1], ignore_errors=True)
+
+
+def run_checkpoints(
+    w: Workload,
+    rows: list[str],
+    python: str,
+    ctx: dict[str, Any],
+    series: dict[tuple[str, ...], Series],
+) -> None:
+    """Save then load for every row, rotating the rows' order across repetitions; each save and
+    each load a fresh process (``--quick``: every job in one process), objects deleted after."""
+    quick, pin, server = ctx["quick"], ctx["pin"], ctx["server"]
+    reps = ctx["reps_of"].get(w.key, ctx["reps"])
+    _n, target = w.shape(quick)
+    scratch = (ctx["data_dir"] / "ckpt-scratch").resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    base = {"target": target, "endpoint": server.endpoint, "region": server.region}
+
+    def run(jobs: list[dict[str, Any]]) -> list[Run]:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(dict(base, jobs=jobs), f)
+        cmd = [python, "-P", str(HERE / "bench_checkpoint.py"), f.name]
+        if pin:
+            cmd = ["taskset", "-c", "0", *cmd]
+        what = ", ".join(f"{j['storage']}:{j['client']} {j['op']}" for j in jobs)
+        try:
+            got = drive(cmd, dict(os.environ), len(jobs), server.pid, what)
+        finally:
+            os.unlink(f.name)
+        return [
+            Run(r["seconds"], r["bytes"], r["objects"], r["cpu_s"], r["rss_mib"], srv, r["extra_mib"],
+                max(0.0, busy - r["cpu_s"] - srv))
+            for r, srv, busy in got
+        ]  # fmt: skip
+
+    def record(job: dict[str, Any], r: Run) -> None:
+        key = (w.key, job["storage"], job["client"], job["op"])
+        s = series.setdefault(key, Series(w.key, job["client"], storage=job["storage"], op=job["op"]))
+        s.runs.append(r)
+        print(
+            f"  rep {len(s.runs)} {job['storage']:4s} {job['client']:30s} {job['op']:4s} "
+            f"{r.mb_s / 1000:6.2f} GB/s  cpu {r.cpu_s:6.2f} s  server {r.server_pct:4.0f} %  "
+            f"others {100 * (r.other_cpu_s or 0) / r.seconds:4.0f} %  extra rss {r.extra_mib or 0:7.0f} MiB",
+            flush=True,
+        )
+
+    for rep in range(reps):
+        order = rows[rep % len(rows) :] + rows[: rep % len(rows)]
+        jobs, places = [], []
+        for row in order:
+            storage, client = row.split(":", 1)
+            uri, place = checkpoint_location(row, w.key, rep, ctx["bucket"], ctx["data_dir"])
+            remove(place)
+            places.append(place)
+            for op in ("save", "load"):
+                jobs.append(
+                    {"client": client, "op": op, "storage": storage, "uri": uri, "scratch": str(scratch)}
+                )
+        try:
+            if quick:
+                for job, r in zip(jobs, run(jobs), strict=True):
+                    record(job, r)
+            else:
+                for i, job in enumerate(jobs):
+                    record(job, run([job])[0])
+                    if job["op"] == "load":
+                        remove(places[i // 2])
+        finally:
+            for place in places:
+                remove(place)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def writer_window() -> dict[str, Any]:
+    """s3dlio's default streaming-writer window (part size x parts in flight) and reader window
+    (readahead x chunk size), read from s3dlio: StorageConfig and RangeEngineConfig for the sizes;
+    the counts from a module constant when s3dlio has one, else from ``s3dlio.open``'s docstring
+    (the defaults of its ``None`` arguments are resolved in the core)."""
+    import re
+
+    out: dict[str, Any] = {"part_size": s3dlio.StorageConfig().part_size}
+    try:
+        out["chunk_size"] = s3dlio.RangeEngineConfig().chunk_size
+    except (AttributeError, TypeError):
+        out["chunk_size"] = None
+    files = getattr(s3dlio, "files", None)
+    doc = getattr(getattr(s3dlio, "open", None), "__doc__", None) or ""
+    for name, const in (
+        ("max_parts_in_flight", "DEFAULT_MAX_PARTS_IN_FLIGHT"),
+        ("readahead", "DEFAULT_READAHEAD"),
+    ):
+        value = getattr(s3dlio, const, None) or getattr(files, const, None)
+        source = f"s3dlio.{const}"
+        if not isinstance(value, int):
+            m = re.search(rf"``{name}``\s*\([^)]*?default (\d+)", doc)
+            value, source = (int(m.group(1)), "s3dlio.open's docstring") if m else (None, "not found")
+        out[name], out[name + "_source"] = value, source
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +638,7 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
     m, v = results["machine"], results["versions"]
     lines = [
         f"Generated by `{results['command']}` on {results['date']} ({results['mode']}, "
-        f"{results['reps']} repetitions per client and workload, clients in rotating order).",
+        f"{reps_text(results)} per client and workload, clients in rotating order).",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}.",
@@ -400,16 +685,206 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ours(client: str) -> bool:
+    return client.startswith("s3dlio")
+
+
+def checkpoint_targets(rows: list[dict[str, Any]], window: dict[str, Any]) -> list[str]:
+    """The issue's checkpoint goals, checked against this run's medians (peak memory: the largest
+    of the repetitions)."""
+    get = {(r["storage"], r["client"], r["op"]): r for r in rows}
+    out = []
+    for op in ("save", "load"):
+        peers = [r for r in rows if r["storage"] == "s3" and r["op"] == op and not ours(r["client"])]
+        if not peers:
+            continue
+        best = max(peers, key=lambda r: r["gb_s"][0])
+        for client in ("s3dlio.checkpoint", "s3dlio.dcp"):
+            me = get.get(("s3", client, op))
+            if me:
+                ratio = me["gb_s"][0] / best["gb_s"][0]
+                out.append(
+                    f"S3 {op}, `{client}` vs best peer ({best['client']}) {ratio:.2f}x (target ≥ 1.5x): "
+                    f"{'met' if ratio >= 1.5 else 'missed'}"
+                )
+    part, parts = window.get("part_size"), window.get("max_parts_in_flight")
+    if part and parts:
+        bound = 1.1 * part * parts / MIB
+        for r in rows:
+            if ours(r["client"]):
+                out.append(
+                    f"peak extra RSS, `{r['client']}` {r['op']} on {r['storage']}: {r['extra_mib']:,.0f} MiB "
+                    f"(target ≤ {part // MIB} MiB x {parts} parts + 10 % = {bound:,.0f} MiB): "
+                    f"{'met' if r['extra_mib'] <= bound else 'missed'}"
+                )
+    floor = get.get(("file", "torch.save", "save"))
+    for client in ("s3dlio.checkpoint", "s3dlio.dcp"):
+        me = get.get(("file", client, "save"))
+        if floor and me:
+            ratio = me["gb_s"][0] / floor["gb_s"][0]
+            out.append(
+                f"file:// save, `{client}` vs `torch.save` to a local file {ratio:.2f}x (target ≥ 0.9x): "
+                f"{'met' if ratio >= 0.9 else 'missed'}"
+            )
+    return out
+
+
+def checkpoint_rows(results: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    """(storage, client) of a workload's rows: S3 first, s3dlio first, then by save speed."""
+    rows = [r for r in results["summary"] if r["workload"] == key]
+    saves = {(r["storage"], r["client"]): r["gb_s"][0] for r in rows if r["op"] == "save"}
+    pairs = list(dict.fromkeys((r["storage"], r["client"]) for r in rows))
+    return sorted(pairs, key=lambda p: (p[0] != "s3", not ours(p[1]), -saves.get(p, 0.0)))
+
+
+def checkpoint_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [w for w in WORKLOADS if any(r["workload"] == w.key for r in results["summary"])]
+    fig, axes = plt.subplots(len(done) or 1, 2, figsize=(12, 3.4 * (len(done) or 1)), squeeze=False)
+    for axrow, w in zip(axes, done, strict=False):
+        pairs = checkpoint_rows(results, w.key)[::-1]
+        get = {(r["storage"], r["client"], r["op"]): r for r in results["summary"] if r["workload"] == w.key}
+        for ax, op in zip(axrow, ("save", "load"), strict=True):
+            have = [p for p in pairs if (*p, op) in get]
+            t = [get[(*p, op)]["gb_s"] for p in have]
+            colors = ["#d62728" if ours(c) else "#7f7f7f" if st == "s3" else "#bcbd22" for st, c in have]
+            ax.barh(
+                [f"{c} ({st})" for st, c in have], [v[0] for v in t],
+                xerr=[[v[0] - v[1] for v in t], [v[2] - v[0] for v in t]], color=colors, capsize=3,
+            )  # fmt: skip
+            gb = next(iter(get.values()))["bytes_gb"] if get else 0
+            ax.set_title(f"({w.key}) {op} of a {gb:.2f} GB state dict", fontsize=9)
+            ax.set_xlabel(
+                "GB/s (median, min-max); s3dlio red, S3 peers grey, file:// peers olive", fontsize=8
+            )
+            ax.tick_params(labelsize=8)
+    fig.suptitle(results["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def checkpoint_markdown(results: dict[str, Any], chart_name: str | None) -> str:
+    m, v, dd = results["machine"], results["versions"], results["data_dir"]
+    win = results["window"]
+    runs = ", ".join(
+        f"{k} by `{meta['command']}` on {meta['date']}" for k, meta in sorted(results["workloads"].items())
+    )
+    lines = [
+        f"Generated by `benchmarks/bench.py`, the harness of `nox -s bench` ({results['mode']}): {runs}. "
+        "Each repetition "
+        "saves, then loads, every row (rows in rotating order from one repetition to the next); "
+        "the table gives medians (min-max) over the repetitions.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}. It was shared with other work (builds, test suites) while it ran: "
+        'see the load averages under each table and the "others" column.',
+        f"- Pinning: {results['pinning']}.",
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        f"- `file://` rows and the boto3 row's local file: `{dd['path']}` ({dd['fstype']} on {dd['source']}, "
+        "a real disk, not tmpfs). Page cache: a `file://` save is timed until its files and their "
+        "directory are fsynced (an fsync inside the clock after every client's save, a no-op for a "
+        "client that fsynced already, as DCP's FileSystemWriter does; `torch.save` does not), and before a `file://` load the checkpoint's pages are "
+        "dropped from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)` on every file), so it "
+        "reads the disk. The boto3 row's local file is neither fsynced nor evicted (the usual "
+        "`torch.save` then `upload_file`). S3 loads read what SeaweedFS wrote seconds before: its "
+        "volume files are in this machine's page cache.",
+        "- GB/s: the state dict's bytes (the sum of its tensors' sizes, 10^9 bytes = 1 GB) over the "
+        "wall time of the timed call. CPU s / GB: user + system CPU time of the client process (and "
+        "its reaped children) over the timed call, per GB of state dict. Server CPU %: SeaweedFS's "
+        "CPU time over the same window (100 % = its one core). Others %: CPU time of everything "
+        "else on the machine over that window (busy time from /proc/stat minus client and server; "
+        "100 % = one core).",
+        "- Peak extra RSS: each save and each load runs in a fresh process; just before the clock "
+        "starts it resets its RSS high-water mark (`echo 5 > /proc/self/clear_refs`) and reads its RSS "
+        "(VmRSS); after the call, extra = VmHWM - that RSS, minus the state dict's size for loads "
+        "that create the state dict (`torch.load`-based rows). For saves, and for DCP loads (which "
+        "fill tensors allocated and written before the clock), the state dict is already in the "
+        "baseline. The largest of the repetitions.",
+        f"- s3dlio's defaults (read from s3dlio: sizes from StorageConfig / RangeEngineConfig, counts "
+        f"from {win.get('max_parts_in_flight_source')}): writer part size {(win.get('part_size') or 0) // MIB} MiB "
+        f"x {win.get('max_parts_in_flight')} parts in flight; reader readahead {win.get('readahead')} chunks "
+        f"of {(win.get('chunk_size') or 0) / MIB:g} MiB.",
+        "- Every load is checked byte for byte against the state dict saved (outside the clock).",
+    ]
+    if results["skipped"]:
+        lines.append("- Not measured: " + "; ".join(results["skipped"]) + ".")
+    lines.append("")
+    if chart_name:
+        lines += [f"![checkpoint chart]({chart_name})", ""]
+    for w in WORKLOADS:
+        rows = [r for r in results["summary"] if r["workload"] == w.key]
+        if not rows:
+            continue
+        get = {(r["storage"], r["client"], r["op"]): r for r in rows}
+        gb = rows[0]["bytes_gb"]
+        meta = results["workloads"].get(w.key, {})
+        la = meta.get("load_average", {})
+        n = meta.get("reps", "?")
+        lines += [
+            f"### ({w.key}) {w.title}" + (f" — quick: {gb:.3f} GB" if results["mode"] == "quick" else ""),
+            "",
+            f"`{meta.get('command')}`, {meta.get('date')}: {n} repetition{'s' if n != 1 else ''}, "
+            f"{meta.get('wall_s')} s; load average (1, 5, 15 min) {' '.join(la.get('start', []))} before, "
+            f"{' '.join(la.get('end', []))} after.",
+            "",
+            f"State dict: {rows[0]['tensors']} tensors, {gb:.3f} GB ({gb * 1e9 / GIB:.3f} GiB)"
+            + (f": {STATE_SHAPE[w.key]}." if results["mode"] == "full" else "."),
+            "",
+            "| storage | client | save GB/s | save CPU s/GB | save extra RSS MiB | load GB/s | load CPU s/GB "
+            "| load extra RSS MiB | server CPU % save / load | others % save / load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for storage, client in checkpoint_rows(results, w.key):
+            sv, ld = get.get((storage, client, "save")), get.get((storage, client, "load"))
+
+            def cell(r: dict[str, Any] | None, what: str) -> str:
+                if r is None:
+                    return "-"
+                if what == "gb_s":
+                    g = r["gb_s"]
+                    return f"{g[0]:.3f} ({g[1]:.3f}-{g[2]:.3f})"
+                if what == "cpu":
+                    return fmt(r["cpu_s_per_gb"])
+                return f"{r['extra_mib']:,.0f}"
+
+            pct = " / ".join(f"{r['server_cpu_pct']:.0f}" if r else "-" for r in (sv, ld))
+            oth = " / ".join(f"{r['other_cpu_pct']:.0f}" if r else "-" for r in (sv, ld))
+            name = f"**{client}**" if ours(client) else client
+            lines.append(
+                f"| {storage} | {name} | {cell(sv, 'gb_s')} | {cell(sv, 'cpu')} | {cell(sv, 'mem')} | "
+                f"{cell(ld, 'gb_s')} | {cell(ld, 'cpu')} | {cell(ld, 'mem')} | {pct} | {oth} |"
+            )
+        lines.append("")
+        for t in checkpoint_targets(rows, win):
+            lines.append(f"- Target: {t}")
+        lines.append("")
+    lines.append("How each client is driven:")
+    lines.append("")
+    for client, label in CHECKPOINT_LABELS.items():
+        lines.append(f"- {client}: {label}.")
+    return "\n".join(lines) + "\n"
+
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
-def update_doc(doc: Path, section: str) -> None:
-    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(f"{head}{BEGIN}\n{section}{END}{tail}")
+CKPT_BEGIN, CKPT_END = "<!-- bench-checkpoint:begin -->", "<!-- bench-checkpoint:end -->"
+
+
+def update_doc(doc: Path, section: str, begin: str = BEGIN, end: str = END, heading: str = "") -> None:
+    """Replace what lies between ``begin`` and ``end`` in ``doc`` (appended, under ``heading``,
+    when the markers are missing); the rest of the file is left as it is."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin not in text or end not in text:
+        text += f"\n{heading}\n\n{begin}\n{end}\n" if heading else f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{section}{end}{tail}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,38 +897,57 @@ def main() -> int:
     ap.add_argument(
         "--quick", action="store_true", help="small versions, one repetition (checks the harness)"
     )
-    ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
+    ap.add_argument(
+        "--reps", default=None,
+        help="repetitions (default 3, quick 1); per workload with KEY=N: --reps 3,k4=1",
+    )  # fmt: skip
     ap.add_argument("--workloads", default=",".join(w.key for w in WORKLOADS))
+    ap.add_argument(
+        "--only", choices=GROUPS, default=None,
+        help="only the transfer workloads (a-g) or only the checkpoint workloads (k1, k4)",
+    )  # fmt: skip
     ap.add_argument("--clients", default=None, help="comma-separated subset of clients")
     ap.add_argument("--ref-python", default=str(ROOT / ".bench" / "ref" / "bin" / "python"))
-    ap.add_argument("--data-dir", default=str(ROOT / ".bench" / "data"), help="files for (e): on a real disk")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"), help="results.json and bench.png")
+    ap.add_argument(
+        "--data-dir", default=str(ROOT / ".bench" / "data"),
+        help="files for (e) and the file:// checkpoints: on a real disk",
+    )  # fmt: skip
+    ap.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks"),
+        help="results.json, bench.png, checkpoint.json, checkpoint.png",
+    )  # fmt: skip
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown to update")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
     ap.add_argument(
         "--report-only",
         action="store_true",
-        help="re-render the chart and Markdown from --out's results.json",
+        help="re-render the charts and Markdown from --out's results.json / checkpoint.json",
     )
     args = ap.parse_args()
+    out = Path(args.out)
     if args.report_only:
-        results = json.loads((Path(args.out) / "results.json").read_text())
-        report(results, Path(args.out), Path(args.doc))
+        for group in GROUPS:
+            path = out / RESULTS[group]
+            if path.exists():
+                report(json.loads(path.read_text()), out, Path(args.doc))
         return 0
 
     quick = args.quick
-    reps = args.reps or (1 if quick else 3)
+    reps, reps_of = parse_reps(args.reps, 1 if quick else 3)
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
-    chosen = [w for w in WORKLOADS if w.key in args.workloads.split(",")]
+    chosen = [
+        w for w in WORKLOADS
+        if w.key in args.workloads.split(",") and (args.only is None or w.group == args.only)
+        and not (quick and w.quick_count == 0)
+    ]  # fmt: skip
     only = set(args.clients.split(",")) if args.clients else None
     data_dir = Path(args.data_dir)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
     pythons: dict[str, str] = {}
     skipped: list[str] = []
-    for client in dict.fromkeys(c for w in chosen for c in w.clients):
+    for client in dict.fromkeys(c for w in chosen if w.group == "transfer" for c in w.clients):
         if only is not None and client not in only:
             continue
         py = client_python(client, args.ref_python)
@@ -461,6 +955,10 @@ def main() -> int:
             skipped.append(f"{client} (not installed)")
         else:
             pythons[client] = py
+    ckpt_clients: list[str] = []
+    ckpt_skipped: list[str] = []
+    if any(w.group == "checkpoint" for w in chosen):
+        ckpt_clients, ckpt_skipped = checkpoint_clients(sys.executable, only)
 
     versions = {"s3dlio (this)": s3dlio.__version__}
     for client, module in (
@@ -476,6 +974,10 @@ def main() -> int:
         versions["s5cmd"] = version_of(sys.executable, "s5cmd")
     for module in ("torch", "numpy"):
         versions[module] = version_of(sys.executable, module)
+    ckpt_versions = {"s3dlio (this)": f"{s3dlio.__version__} ({extension_build()})"}
+    for module in ("torch", "s3torchconnector", "boto3"):
+        if any(module in " ".join(CHECKPOINT_CLIENTS[c]) for c in ckpt_clients):
+            ckpt_versions[module] = version_of(sys.executable, module)
 
     server = LocalS3Server(cpu=1 if pin else None).start()
     try:
@@ -483,14 +985,42 @@ def main() -> int:
         assert server.pid is not None
         weed = subprocess.run([shutil.which("weed") or "weed", "version"], capture_output=True, text=True)
         versions["SeaweedFS"] = weed.stdout.split()[2] if len(weed.stdout.split()) > 2 else "?"
+        ckpt_versions["SeaweedFS"] = versions["SeaweedFS"]
         if pin:  # every thread of the server on core 1, whatever taskset at start covered
             subprocess.run(
                 ["taskset", "-a", "-p", "-c", "1", str(server.pid)], check=True, capture_output=True
             )
         bucket = "bench"
         s3dlio.create_bucket(f"s3://{bucket}")
-        series: dict[tuple[str, str], Series] = {}
+        series: dict[tuple[str, ...], Series] = {}
+        ckpt_meta: dict[str, dict[str, Any]] = {}
+        ctx = {
+            "quick": quick,
+            "reps": reps,
+            "reps_of": reps_of,
+            "pin": pin,
+            "server": server,
+            "bucket": bucket,
+            "data_dir": data_dir,
+        }
         for w in chosen:
+            if w.group == "checkpoint":
+                rows = [r for r in w.clients if r.split(":", 1)[1] in ckpt_clients]
+                if rows:
+                    _n, size = w.shape(quick)
+                    print(f"({w.key}) {w.title}: target {size} bytes, rows {', '.join(rows)}", flush=True)
+                    began, load0 = time.monotonic(), Path("/proc/loadavg").read_text().split()[:3]
+                    run_checkpoints(w, rows, sys.executable, ctx, series)
+                    ckpt_meta[w.key] = {
+                        "date": time.strftime("%Y-%m-%d %H:%M"),
+                        "reps": reps_of.get(w.key, reps),
+                        "wall_s": round(time.monotonic() - began),
+                        "load_average": {
+                            "start": load0,
+                            "end": Path("/proc/loadavg").read_text().split()[:3],
+                        },
+                    }
+                continue
             clients = [c for c in w.clients if c in pythons]
             if not clients:
                 continue
@@ -502,7 +1032,7 @@ def main() -> int:
             else:
                 base = {"size": size}
             print(f"({w.key}) {w.title}: {n} x {size} bytes, clients {', '.join(clients)}", flush=True)
-            for rep in range(reps):
+            for rep in range(reps_of.get(w.key, reps)):
                 order = clients[rep % len(clients) :] + clients[: rep % len(clients)]
                 for client in order:
                     spec = dict(base, endpoint=server.endpoint, batch_size=64)
@@ -524,39 +1054,135 @@ def main() -> int:
     finally:
         server.stop()
 
-    results = {
-        "title": f"s3dlio vs peers on one local SeaweedFS ({'quick check' if quick else 'full run'})",
-        "command": "nox -s bench" + (" -- --quick" if quick else ""),
+    by_key = {w.key: w for w in WORKLOADS}
+    passed = [a for a in sys.argv[1:] if a not in ("--ref-python", "--out", "--doc")]
+    for flag in ("--ref-python", "--out", "--doc"):  # the session's plumbing, not the user's choice
+        if flag in sys.argv[1:]:
+            passed.remove(sys.argv[sys.argv.index(flag) + 1])
+    common: dict[str, Any] = {
+        # Under nox (which sets NOX_CURRENT_SESSION) the session's command, else this script's.
+        "command": (
+            "nox -s bench" + (" -- " if passed else "")
+            if os.environ.get("NOX_CURRENT_SESSION")
+            else "python -P benchmarks/bench.py" + (" " if passed else "")
+        )
+        + " ".join(passed),
         "date": time.strftime("%Y-%m-%d"),
         "mode": "quick" if quick else "full",
         "reps": reps,
+        "reps_of": reps_of,
         "pinning": "server on core 1 (taskset -a -p -c 1), each client process on core 0 (taskset -c 0)"
         if pin
         else "none",
         "machine": machine(),
-        "versions": versions,
-        "skipped": skipped,
-        "summary": [s.summary() for s in series.values()],
-        "runs": [
-            {"workload": s.workload, "client": s.client, **vars(r)} for s in series.values() for r in s.runs
-        ],
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    report(results, out, Path(args.doc))
-    print(f"wrote {out / 'results.json'}, the chart and {args.doc} in {time.monotonic() - started:.0f} s")
+    for group in GROUPS:
+        mine = [s for s in series.values() if by_key[s.workload].group == group]
+        if not any(w.group == group for w in chosen):
+            continue
+        results: dict[str, Any] = dict(common)
+        if group == "transfer":
+            results.update(
+                title=f"s3dlio vs peers on one local SeaweedFS ({'quick check' if quick else 'full run'})",
+                versions=versions,
+                skipped=skipped,
+            )
+        else:
+            results.update(
+                title=f"Checkpoints: save and load on one local SeaweedFS and on file:// "
+                f"({'quick check' if quick else 'full run'})",
+                versions=ckpt_versions,
+                skipped=ckpt_skipped,
+                window=writer_window(),
+                data_dir=data_dir_info(data_dir),
+                workloads={k: dict(meta, command=common["command"]) for k, meta in ckpt_meta.items()},
+            )
+        results["summary"] = [s.summary() for s in mine]
+        results["runs"] = [
+            {"workload": s.workload, "client": s.client, "storage": s.storage, "op": s.op, **vars(r)}
+            if s.op
+            else {"workload": s.workload, "client": s.client, **vars(r)}
+            for s in mine
+            for r in s.runs
+        ]
+        if group == "checkpoint":
+            keep_earlier(results, out / RESULTS[group])
+        (out / RESULTS[group]).write_text(json.dumps(results, indent=1) + "\n")
+        report(results, out, Path(args.doc))
+        print(f"wrote {out / RESULTS[group]}, its chart and {args.doc}", flush=True)
+    print(f"done in {time.monotonic() - started:.0f} s")
     return 0
 
 
-def report(results: dict[str, Any], out: Path, doc: Path) -> None:
-    """The chart (when matplotlib is installed) and the Markdown section."""
-    chart_path: Path | None = out / "bench.png"
+RESULTS = {"transfer": "results.json", "checkpoint": "checkpoint.json"}
+
+
+def keep_earlier(results: dict[str, Any], path: Path) -> None:
+    """Carry over from an earlier checkpoint.json of the same mode the workloads this run did not
+    measure (each keeps its own command, date and repetitions), so that k1 and k4 can be measured
+    by separate runs (`--workloads k4`) without one erasing the other."""
+    if not path.exists():
+        return
     try:
-        chart(results, chart_path)  # type: ignore[arg-type]
+        old = json.loads(path.read_text())
+    except ValueError:
+        return
+    if old.get("mode") != results["mode"]:
+        return
+    measured = set(results["workloads"])
+    for key, meta in (old.get("workloads") or {}).items():
+        if key not in measured:
+            results["workloads"][key] = meta
+            results["summary"] += [r for r in old["summary"] if r["workload"] == key]
+            results["runs"] += [r for r in old["runs"] if r["workload"] == key]
+
+
+def parse_reps(text: str | None, default: int) -> tuple[int, dict[str, int]]:
+    """``--reps``: "N" or "N,KEY=N,..." (a workload's own count), e.g. "3,k4=1"."""
+    reps, per = default, {}
+    for item in (text or "").split(","):
+        if not item:
+            continue
+        key, eq, n = item.rpartition("=")
+        if eq:
+            per[key] = int(n)
+        else:
+            reps = int(n)
+    return reps, per
+
+
+def reps_text(results: dict[str, Any]) -> str:
+    per = results.get("reps_of") or {}
+    keys = {r["workload"] for r in results["summary"]}
+    extra = [f"{k}: {n}" for k, n in sorted(per.items()) if k in keys]
+    n = results["reps"]
+    return f"{n} repetition{'s' if n != 1 else ''}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def data_dir_info(path: Path) -> dict[str, str]:
+    """The file system the data directory is on (from findmnt, else /proc/mounts)."""
+    path.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", str(path)], capture_output=True, text=True
+    )  # fmt: skip
+    source, fstype = [*out.stdout.split(), "?", "?"][:2]
+    return {"path": str(path.resolve()), "source": source, "fstype": fstype}
+
+
+def report(results: dict[str, Any], out: Path, doc: Path) -> None:
+    """The chart (when matplotlib is installed) and the Markdown section of one group."""
+    checkpoint = "window" in results  # only a checkpoint run records s3dlio's writer window
+    path = out / ("checkpoint.png" if checkpoint else "bench.png")
+    rel: str | None = os.path.relpath(path, doc.parent)
+    try:
+        (checkpoint_chart if checkpoint else chart)(results, path)
     except ImportError:
         print("matplotlib is not installed: no chart", file=sys.stderr)
-        chart_path = None
-    rel = os.path.relpath(chart_path, doc.parent) if chart_path else None
-    update_doc(doc, markdown(results, rel))
+        rel = None
+    if checkpoint:
+        update_doc(doc, checkpoint_markdown(results, rel), CKPT_BEGIN, CKPT_END, "## Checkpoints")
+    else:
+        update_doc(doc, markdown(results, rel))
 
 
 if __name__ == "__main__":
