@@ -76,7 +76,9 @@ def test_odd_sized_writes_round_trip_on_every_backend(root: str) -> None:
     uri = root + "dir/odd.bin"
     with s3dlio.open(uri, "wb", part_size=5 * MiB) as f:
         _write_odd_sizes(f, data)
-    assert (f.size, f.crc32c, f.parts) == (len(data), s3dlio.crc32c(data), 3)
+    # file:// is written in place (no parts); S3 and direct:// (O_DIRECT needs aligned parts) in parts.
+    parts = 0 if root.startswith("file://") else 3
+    assert (f.size, f.crc32c, f.parts) == (len(data), s3dlio.crc32c(data), parts)
     assert s3dlio.get(uri) == data
     assert s3dlio.stat(uri).size == len(data)
 

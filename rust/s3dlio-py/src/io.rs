@@ -20,10 +20,13 @@ use s3dlio_core::StoreConfig;
 use crate::asyncio::future;
 use crate::buffer::{bytes_from_py, Buffer, PyBytesView};
 use crate::config::{resolve, Config};
+use crate::errors::to_pyerr;
 use crate::wait::{wait, wait_lending};
 
 /// Small copies stay on the calling thread with the GIL held: releasing it costs more.
 const DETACH_ABOVE: usize = 256 * 1024;
+/// In-place (local) reads go in slices of this size, with a Ctrl-C check between them.
+const IN_PLACE_SLICE: usize = 64 * 1024 * 1024;
 
 /// A core file object and the process it belongs to. After `fork()` the child's copy refers to
 /// the parent's runtime and tasks, which do not exist in the child: it is leaked there, never
@@ -146,7 +149,11 @@ impl PyWriter {
                 })?;
             }
             let n = if rest.len() > DETACH_ABOVE { py.detach(|| w.fill(rest)) } else { w.fill(rest) };
-            rest = &rest[n..];
+            // A failed write drops the writer here, which removes what it wrote.
+            rest = &rest[n.map_err(to_pyerr)?..];
+            if !rest.is_empty() {
+                py.check_signals()?; // a large write to a local file answers Ctrl-C between parts
+            }
         }
         put_back(&self.slot, w);
         Ok(total)
@@ -299,6 +306,25 @@ fn read_into(py: Python<'_>, mut r: Reader, dst: &mut [u8]) -> (Option<Reader>, 
     let mut done = 0;
     while done < dst.len() && !r.at_end() {
         let want = usize::try_from(r.size() - r.position()).unwrap_or(usize::MAX).min(dst.len() - done);
+        if r.wants_direct(want) && r.is_in_place() {
+            // A local file: pread straight into the destination, in slices between which Ctrl-C
+            // is answered.
+            let end = done + want.min(IN_PLACE_SLICE);
+            let got = if end - done > DETACH_ABOVE {
+                py.detach(|| r.read_now(&mut dst[done..end]))
+            } else {
+                r.read_now(&mut dst[done..end])
+            };
+            match got {
+                Some(Ok(0)) | None => break,
+                Some(Ok(n)) => done += n,
+                Some(Err(e)) => return (Some(r), Err(to_pyerr(e))),
+            }
+            if let Err(e) = py.check_signals() {
+                return (Some(r), Err(e));
+            }
+            continue;
+        }
         if r.wants_direct(want) {
             let f: Fetcher = r.fetcher();
             let at = r.position();
@@ -316,7 +342,11 @@ fn read_into(py: Python<'_>, mut r: Reader, dst: &mut [u8]) -> (Option<Reader>, 
             done += want;
             continue;
         }
-        if r.buffered().is_empty() {
+        if r.buffered().is_empty() && r.is_in_place() {
+            if let Some(Err(e)) = py.detach(|| r.fill_now()) {
+                return (Some(r), Err(to_pyerr(e)));
+            }
+        } else if r.buffered().is_empty() {
             r = match wait(py, async move { r.fill().await.map(|()| r) }) {
                 Ok(r) => r,
                 Err(e) => return (None, Err(e)),
@@ -369,9 +399,18 @@ impl PyReader {
     }
 
     /// Make bytes at the position buffered (one fetch at most); the reader back, or lost.
-    fn filled(&self, py: Python<'_>, r: Reader) -> PyResult<Reader> {
+    fn filled(&self, py: Python<'_>, mut r: Reader) -> PyResult<Reader> {
         if !r.buffered().is_empty() || r.at_end() {
             return Ok(r);
+        }
+        if r.is_in_place() {
+            return match py.detach(|| r.fill_now()) {
+                Some(Err(e)) => {
+                    put_back(&self.slot, r);
+                    Err(to_pyerr(e))
+                }
+                _ => Ok(r),
+            };
         }
         wait(py, async move {
             let mut r = r;

@@ -27,7 +27,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tempfile::NamedTempFile;
 
-use super::{Backend, MultipartUpload};
+use super::{Backend, MultipartUpload, SyncSink, SyncSource};
 use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::context;
@@ -501,6 +501,29 @@ impl Backend for LocalBackend {
         blocking(move |stop| put_file(&path, mode, &data, fsync, &uri, stop)).await
     }
 
+    fn sync_sink(&self, key: &str, opts: &PutOptions) -> Option<Result<Box<dyn SyncSink>>> {
+        if self.mode == Mode::Direct {
+            return None; // O_DIRECT needs aligned writes: the part path pads and cuts back
+        }
+        let (path, uri) = (PathBuf::from(key), self.uri(key));
+        Some(temp_beside(&path, self.mode, &uri).map(|tmp| {
+            Box::new(LocalSink { tmp: Some(tmp), path, uri, fsync: opts.fsync }) as Box<dyn SyncSink>
+        }))
+    }
+
+    fn sync_source(&self, key: &str) -> Option<Result<Box<dyn SyncSource>>> {
+        if self.mode == Mode::Direct {
+            return None; // O_DIRECT needs aligned reads: `get` handles them
+        }
+        let (path, uri) = (PathBuf::from(key), self.uri(key));
+        Some((|| {
+            let f = open_read(&path, self.mode, &uri)?;
+            let meta = f.metadata().map_err(|e| Error::from_io(&e, &uri))?;
+            Ok(Box::new(LocalSource { size: meta.len(), version: version_of(&meta), f, uri })
+                as Box<dyn SyncSource>)
+        })())
+    }
+
     async fn start_multipart(&self, key: &str, opts: &PutOptions) -> Result<Box<dyn MultipartUpload>> {
         let (mode, path, uri) = (self.mode, PathBuf::from(key), self.uri(key));
         let fsync = opts.fsync;
@@ -572,6 +595,77 @@ impl Backend for LocalBackend {
     async fn delete_container(&self, key: &str) -> Result<()> {
         let (path, uri) = (PathBuf::from(key), self.uri(key));
         blocking(move |_| fs::remove_dir(&path).map_err(|e| Error::from_io(&e, &uri))).await
+    }
+}
+
+/// A streaming write in place: a temp file beside the target, appended to on the caller's
+/// thread, renamed into place on `complete`; removed when dropped before.
+struct LocalSink {
+    tmp: Option<NamedTempFile>,
+    path: PathBuf,
+    uri: String,
+    fsync: bool,
+}
+
+impl SyncSink for LocalSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let tmp = self
+            .tmp
+            .as_mut()
+            .ok_or_else(|| Error::new(ErrorKind::Io, Some(&self.uri), "already finished"))?;
+        tmp.as_file_mut().write_all(data).map_err(|e| Error::from_io(&e, &self.uri))
+    }
+
+    fn complete(mut self: Box<Self>) -> Result<()> {
+        let tmp =
+            self.tmp.take().ok_or_else(|| Error::new(ErrorKind::Io, Some(&self.uri), "already finished"))?;
+        publish(tmp, &self.path, self.fsync, &self.uri)
+    }
+}
+
+/// One open file read in place with `pread`. A rename over the path does not affect it (it keeps
+/// reading the version it opened); a write in place is caught by the modification time.
+struct LocalSource {
+    f: File,
+    size: u64,
+    version: String,
+    uri: String,
+}
+
+impl SyncSource for LocalSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<usize> {
+        let want = usize::try_from(self.size.saturating_sub(offset)).unwrap_or(usize::MAX).min(dst.len());
+        let mut done = 0;
+        while done < want {
+            match self.f.read_at(&mut dst[done..want], offset + done as u64) {
+                Ok(0) => {
+                    let msg =
+                        format!("the file shrank while it was read: ends at byte {}", offset + done as u64);
+                    return Err(Error::new(ErrorKind::Changed, Some(&self.uri), msg));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::from_io(&e, &self.uri)),
+            }
+        }
+        let now = self.f.metadata().map_err(|e| Error::from_io(&e, &self.uri))?;
+        if version_of(&now) != self.version {
+            return Err(Error::new(
+                ErrorKind::Changed,
+                Some(&self.uri),
+                "the file was modified while it was read",
+            ));
+        }
+        Ok(done)
     }
 }
 

@@ -76,6 +76,41 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Delete the empty bucket (S3) or empty directory (local) this key names.
     async fn delete_container(&self, key: &str) -> Result<()>;
+
+    /// A writer of `key` that works on the caller's thread (local files: a temp file written in
+    /// place), for streaming writes where part buffers and upload tasks would only add copies.
+    /// `None` (the default): the backend has none; writes go in parts.
+    fn sync_sink(&self, _key: &str, _opts: &PutOptions) -> Option<Result<Box<dyn SyncSink>>> {
+        None
+    }
+
+    /// A reader of `key` that works on the caller's thread (local files: `pread` on one open
+    /// file). `None` (the default): reads go through `get`/`get_into`.
+    fn sync_source(&self, _key: &str) -> Option<Result<Box<dyn SyncSource>>> {
+        None
+    }
+}
+
+/// See [`Backend::sync_sink`]. Dropped without `complete`, it removes what it wrote; the previous
+/// version of the object stays.
+pub trait SyncSink: Send {
+    /// Append `data` (blocking).
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Publish the object (blocking: fsync per the options, then an atomic rename).
+    fn complete(self: Box<Self>) -> Result<()>;
+}
+
+/// See [`Backend::sync_source`]: one version of one object, read in place.
+pub trait SyncSource: Send + Sync {
+    fn size(&self) -> u64;
+
+    /// The version read (as an ETag stands for an object's).
+    fn version(&self) -> String;
+
+    /// Fill `dst` from `offset` (blocking); fewer bytes only at the end. The object changing
+    /// meanwhile is an error ([`crate::ErrorKind::Changed`]).
+    fn read_at(&self, offset: u64, dst: &mut [u8]) -> Result<usize>;
 }
 
 /// An upload in parts. Dropping it without `complete` aborts it (on the cleanup tracker).

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, SyncSource};
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::{object, within};
@@ -107,7 +107,16 @@ pub struct Reader {
     ahead: VecDeque<(u64, u64, JoinHandle<Result<Bytes>>)>,
     readahead: usize,
     sequential: bool,
+    /// Local files: read in place on the caller's thread (`pread` on one open file; the kernel's
+    /// readahead and page cache do the rest), no tasks.
+    source: Option<Arc<dyn SyncSource>>,
 }
+
+/// Reads from a [`SyncSource`] of at least this many bytes go straight into the destination.
+const SOURCE_DIRECT: usize = 256 * 1024;
+/// Largest chunk of a buffered read from a [`SyncSource`] (readline, peek, small reads); the
+/// range engine's `chunk_size` when smaller.
+const SOURCE_CHUNK: u64 = 1024 * 1024;
 
 impl Reader {
     /// Open `uri`: one ranged GET of the first chunk, which also gives the size and version.
@@ -121,6 +130,33 @@ impl Reader {
         opts.range.validate()?;
         let (backend, key) = object(uri, cfg).await?;
         let uri = backend.uri(&key);
+        if let Some(source) = backend.sync_source(&key).transpose()? {
+            let total = source.size();
+            if let Some(want) = size.filter(|w| *w != total) {
+                return Err(Error::new(
+                    ErrorKind::Changed,
+                    Some(&uri),
+                    format!(
+                        "the file is {total} bytes, but {want} were expected (from a listing or the caller)"
+                    ),
+                ));
+            }
+            let etag = Some(source.version());
+            let pinned =
+                GetOptions { expected_size: Some(total), if_match: etag.clone(), ..Default::default() };
+            let fetch = Fetcher { backend, key, uri, size: total, pinned, range: opts.range };
+            let source: Arc<dyn SyncSource> = Arc::from(source);
+            return Ok(Reader {
+                fetch,
+                etag,
+                pos: 0,
+                cur: None,
+                ahead: VecDeque::new(),
+                readahead: 0,
+                sequential: true,
+                source: Some(source),
+            });
+        }
         let chunk = opts.range.chunk_size;
         let first_opts = GetOptions {
             range: Some(ByteRange::new(0, Some(chunk))),
@@ -156,7 +192,39 @@ impl Reader {
             ahead: VecDeque::new(),
             readahead: opts.readahead,
             sequential: true,
+            source: None,
         })
+    }
+
+    /// Whether this reader reads in place on the caller's thread ([`Reader::read_now`],
+    /// [`Reader::fill_now`]) rather than through tasks.
+    pub fn is_in_place(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// In-place readers: fill `dst` at the position (blocking), fewer bytes only at the end.
+    /// `None` for readers that fetch through tasks.
+    pub fn read_now(&mut self, dst: &mut [u8]) -> Option<Result<usize>> {
+        let source = self.source.as_ref()?;
+        let got = source.read_at(self.pos, dst);
+        if let Ok(n) = got {
+            self.pos += n as u64;
+        }
+        Some(got)
+    }
+
+    /// In-place readers: buffer the bytes at the position (blocking). `None` for the others.
+    pub fn fill_now(&mut self) -> Option<Result<()>> {
+        let source = self.source.clone()?;
+        if !self.buffered().is_empty() || self.at_end() {
+            return Some(Ok(()));
+        }
+        let len = SOURCE_CHUNK.min(self.fetch.range.chunk_size).min(self.fetch.size - self.pos) as usize;
+        let mut buf = vec![0u8; len];
+        Some(source.read_at(self.pos, &mut buf).map(|n| {
+            buf.truncate(n);
+            self.cur = Some((self.pos, Bytes::from(buf)));
+        }))
     }
 
     pub fn uri(&self) -> &str {
@@ -249,6 +317,9 @@ impl Reader {
 
     /// Make bytes at the position buffered (nothing to do at the end).
     pub async fn fill(&mut self) -> Result<()> {
+        if let Some(done) = self.fill_now() {
+            return done;
+        }
         if !self.buffered().is_empty() || self.at_end() {
             return self.top_up();
         }
@@ -283,6 +354,9 @@ impl Reader {
     /// Whether a read of `n` more bytes from here should skip the chunks and be fetched straight
     /// into the destination: nothing is buffered at the position, and it spans several chunks.
     pub fn wants_direct(&self, n: usize) -> bool {
+        if self.source.is_some() {
+            return self.buffered().is_empty() && !self.at_end() && n >= SOURCE_DIRECT;
+        }
         self.buffered().is_empty()
             && !self.at_end()
             && n as u64 >= 2 * self.fetch.range.chunk_size
@@ -304,6 +378,10 @@ impl Reader {
         while done < dst.len() && !self.at_end() {
             let want = ((self.fetch.size - self.pos) as usize).min(dst.len() - done);
             if self.wants_direct(want) {
+                if let Some(got) = self.read_now(&mut dst[done..done + want]) {
+                    done += got?;
+                    continue;
+                }
                 let f = self.fetcher();
                 f.read_at(self.pos, &mut dst[done..done + want]).await?;
                 self.advance_direct(want as u64);

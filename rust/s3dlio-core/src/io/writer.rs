@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, MultipartUpload};
+use crate::backend::{Backend, MultipartUpload, SyncSink};
 use crate::config::{StoreConfig, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::object;
@@ -66,7 +66,7 @@ pub struct Written {
     pub size: u64,
     /// CRC32C (Castagnoli) of the whole object.
     pub crc32c: u32,
-    /// Parts uploaded (0: a single PUT).
+    /// Parts uploaded (0: written in one request, or in place for a local file).
     pub parts: u32,
 }
 
@@ -109,6 +109,10 @@ pub struct Writer {
     written: u64,
     /// Cancelled when a part fails (wakes a writer waiting for the window) or the writer is dropped.
     token: CancellationToken,
+    /// Local files: written in place on the caller's thread instead of in parts (no part buffers,
+    /// no tasks, one copy: into the page cache); `crc` is then the running CRC32C.
+    sink: Option<Box<dyn SyncSink>>,
+    crc: u32,
     failure: Arc<Mutex<Option<Error>>>,
 }
 
@@ -119,11 +123,15 @@ impl Writer {
         let (backend, key) = object(uri, cfg).await?;
         let part_size = usize::try_from(opts.part_size)
             .map_err(|_| Error::invalid_config("part_size exceeds this machine's address space"))?;
+        let put_opts = PutOptions { fsync: opts.fsync };
+        let sink = backend.sync_sink(&key, &put_opts).transpose()?;
         Ok(Writer {
+            sink,
+            crc: 0,
             uri: backend.uri(&key),
             backend,
             key,
-            put_opts: PutOptions { fsync: opts.fsync },
+            put_opts,
             part_size,
             window: Arc::new(Semaphore::new(opts.max_parts_in_flight)),
             cur: None,
@@ -150,18 +158,26 @@ impl Writer {
     }
 
     /// Copy as much of `data` as fits into the part being filled; returns the bytes taken (0 when
-    /// there is no part buffer or it is full: call [`Writer::make_room`]). Never waits.
-    pub fn fill(&mut self, data: &[u8]) -> usize {
-        let Some((buf, _)) = self.cur.as_mut() else { return 0 };
+    /// there is no part buffer or it is full: call [`Writer::make_room`]). Never waits for the
+    /// store; a local file is written here (at most `part_size` bytes per call, blocking).
+    pub fn fill(&mut self, data: &[u8]) -> Result<usize> {
+        if let Some(sink) = self.sink.as_mut() {
+            let n = data.len().min(self.part_size);
+            sink.write(&data[..n])?;
+            self.crc = crc32c(&data[..n], self.crc);
+            self.written += n as u64;
+            return Ok(n);
+        }
+        let Some((buf, _)) = self.cur.as_mut() else { return Ok(0) };
         let n = data.len().min(self.part_size - buf.len());
         buf.extend_from_slice(&data[..n]);
         self.written += n as u64;
-        n
+        Ok(n)
     }
 
     /// Whether [`Writer::fill`] can take bytes now.
     pub fn has_room(&self) -> bool {
-        self.cur.as_ref().is_some_and(|(b, _)| b.len() < self.part_size)
+        self.sink.is_some() || self.cur.as_ref().is_some_and(|(b, _)| b.len() < self.part_size)
     }
 
     /// Make room for more bytes: send the full part (starting the multipart upload on the first),
@@ -192,7 +208,7 @@ impl Writer {
             if !self.has_room() {
                 self.make_room().await?;
             }
-            let n = self.fill(data);
+            let n = self.fill(data)?;
             data = &data[n..];
         }
         Ok(())
@@ -271,6 +287,11 @@ impl Writer {
         if let Some(e) = self.failed() {
             return Err(e);
         }
+        if let Some(sink) = self.sink.take() {
+            let done = tokio::task::spawn_blocking(move || sink.complete()).await;
+            done.map_err(|e| Error::new(ErrorKind::Io, Some(&self.uri), format!("publish task: {e}")))??;
+            return Ok(Written { size: self.written, crc32c: self.crc, parts: 0 });
+        }
         if self.upload.is_none() {
             // Under one part: a single PUT (an empty object too).
             let data = self.cur.take().map(|(b, _)| b.freeze()).unwrap_or_default();
@@ -321,6 +342,7 @@ impl Writer {
 
     async fn abort_now(&mut self) -> Result<()> {
         self.token.cancel();
+        self.sink = None; // removes the temp file
         self.cur = None;
         for t in std::mem::take(&mut self.tasks) {
             let _ = t.await; // cancelled: each returns promptly, dropping its hold on the upload
