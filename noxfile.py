@@ -6,6 +6,7 @@
     nox -s typecheck   mypy on s3dlio/ and mypy.stubtest on the extension's stub
     nox -s rust        cargo test -p s3dlio-core
     nox -s tests       pytest (arguments after `--` go to pytest: nox -s tests -- -k delete -x)
+    nox -s scale       the tests that take minutes (pytest -m scale), kept out of CI
     nox -s notebooks   execute notebooks/*.ipynb against a local S3 server
     nox -s docs        mkdocs build --strict (docs/ links and pages)
     nox -s bench       s3dlio against its peers on one local S3 server; writes docs/benchmarks.md
@@ -157,7 +158,7 @@ def ci(session: nox.Session) -> None:
             _clippy(session)
         with _step(timings, "build + install (dev profile)"):
             # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests.
-            _install(session, "test,lint,torch,jax,tf,notebooks")
+            _install(session, "test,lint,torch,jax,tf,notebooks,lightning")
         with _step(timings, "mypy + stubtest"):
             _mypy(session)
         with _step(timings, "cargo test -p s3dlio-core"):
@@ -204,6 +205,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def scale(session: nox.Session) -> None:
+    """The tests that take minutes (pytest -m scale: multi-GiB transfers with bounded memory, ...),
+    kept out of CI's budget; run by hand and report the numbers. Extra arguments go to pytest."""
+    _install(session, "test")
+    session.run("pytest", "-m", "scale", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Build, start a local S3 server, write a synthetic dataset, read it back, print throughput.
 
@@ -247,8 +256,6 @@ REFERENCE = "s3dlio==0.10.0"
 
 
 def _bench(session: nox.Session, *args: str) -> None:
-    # s3torchconnector's DCP classes (the checkpoint workloads) need its `dcp` extra (tenacity).
-    session.install("s3torchconnector[dcp]")
     ref = ROOT / ".bench" / "ref"
     python = ref / "bin" / "python"
     if not python.exists():

@@ -35,6 +35,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still in the default run)")
+    config.addinivalue_line("markers", "scale: takes minutes; deselected by default, run by `nox -s scale`")
     # Registered by pytest-timeout when installed; declared here too so --strict-markers never trips.
     config.addinivalue_line("markers", "timeout(seconds): per-test timeout (pytest-timeout)")
 

@@ -60,7 +60,7 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.slow
+@pytest.mark.scale  # minutes: `nox -s scale`
 @pytest.mark.timeout(900)
 def test_upload_and_download_of_large_files_use_bounded_memory(bucket: str, disk_dir: str) -> None:
     """4 x 1 GiB through upload and download with max_concurrency=4, part_size=8 MiB: the child's
