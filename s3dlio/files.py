@@ -59,7 +59,27 @@ def _mode(mode: str) -> str:
     raise exceptions.InvalidConfigError(f"mode must be 'rb' or 'wb', got {mode!r}")
 
 
-class ObjectWriter(io.BufferedIOBase):
+class _ObjectFile(io.BufferedIOBase):
+    """What both file objects share: the URI as their name, and the closed-file check."""
+
+    _native: _core.Writer | _core.Reader
+
+    @property
+    def uri(self) -> str:
+        """The object's URI."""
+        return self._native.uri
+
+    @property
+    def name(self) -> str:
+        """The object's URI (as ``io`` file objects name their file)."""
+        return self._native.uri
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed file {self.uri}")
+
+
+class ObjectWriter(_ObjectFile):
     """A streaming writer to one object (``s3dlio.open(uri, "wb")``).
 
     Memory is bounded by ``part_size * max_parts_in_flight``: ``write`` blocks (GIL released,
@@ -73,19 +93,9 @@ class ObjectWriter(io.BufferedIOBase):
 
     def __init__(self, native: _core.Writer) -> None:
         super().__init__()
-        self._w = native
+        self._w = self._native = native
         self._result: tuple[int, int, int] | None = None
         self._aborted = False
-
-    @property
-    def uri(self) -> str:
-        """The object's URI."""
-        return self._w.uri
-
-    @property
-    def name(self) -> str:
-        """The object's URI (as ``io`` file objects name their file)."""
-        return self._w.uri
 
     @property
     def mode(self) -> str:
@@ -154,10 +164,6 @@ class ObjectWriter(io.BufferedIOBase):
             raise ValueError(f"{self.uri} has not been published (close() it first)")
         return self._result
 
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError(f"I/O operation on closed file {self.uri}")
-
     def __enter__(self) -> Self:
         self._check_open()
         return self
@@ -184,7 +190,7 @@ class ObjectWriter(io.BufferedIOBase):
         return f"<s3dlio.ObjectWriter {self.uri!r} {state}>"
 
 
-class ObjectReader(io.BufferedIOBase):
+class ObjectReader(_ObjectFile):
     """A seekable, buffered reader of one object (``s3dlio.open(uri, "rb")``).
 
     The first request (a ranged GET of the first chunk) tells the object's size and version;
@@ -196,15 +202,7 @@ class ObjectReader(io.BufferedIOBase):
 
     def __init__(self, native: _core.Reader) -> None:
         super().__init__()
-        self._r = native
-
-    @property
-    def uri(self) -> str:
-        return self._r.uri
-
-    @property
-    def name(self) -> str:
-        return self._r.uri
+        self._r = self._native = native
 
     @property
     def mode(self) -> str:
@@ -228,10 +226,6 @@ class ObjectReader(io.BufferedIOBase):
 
     def writable(self) -> bool:
         return False
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError(f"I/O operation on closed file {self.uri}")
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()

@@ -40,6 +40,10 @@ CHILD = textwrap.dedent(
             s3dlio.list(uri)
         elif op == "put":
             s3dlio.put(uri, data, config=cfg)
+        elif op == "open_write":  # a streaming write: blocks once its window of 2 parts is full
+            with s3dlio.open(uri, "wb", part_size=5 * MiB, max_parts_in_flight=2) as f:
+                for _ in range(64):
+                    f.write(bytes(MiB))
         print("RETURNED", flush=True)
         sys.exit(3)
     except KeyboardInterrupt:
@@ -121,6 +125,26 @@ def test_sigint_during_multipart_put_aborts_the_upload(bucket: str, proxy: Fault
     assert float(report["latency"]) < 0.5, report
     assert report["LIVE"] == "0", report
     assert not s3dlio.exists(f"s3://{bucket}/big")
+    assert wait_until(
+        lambda: not boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), timeout=5
+    ), boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+@pytest.mark.timeout(60)
+def test_sigint_during_a_streaming_write_to_a_silent_server(
+    bucket: str, proxy: FaultProxy, boto3_client
+) -> None:  # type: ignore[no-untyped-def]
+    """The server stops answering part uploads, the writer's window fills and ``write`` blocks: a
+    real SIGINT raises KeyboardInterrupt within 0.5 s, the upload is aborted, nothing is left
+    open, and the previous version of the key stays."""
+    uri = f"s3://{bucket}/stuck"
+    s3dlio.put(uri, b"previous")
+    proxy.set_mode("blackhole", match=r"[?&]partNumber=")
+    report = run_and_interrupt(proxy, "open_write", uri)
+    assert float(report["latency"]) < 0.5, report
+    assert report["LIVE"] == "0", report
+    proxy.set_mode("pass")
+    assert s3dlio.get(uri) == b"previous"
     assert wait_until(
         lambda: not boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), timeout=5
     ), boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
