@@ -487,8 +487,15 @@ def test_docs_examples_run(bucket: str, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_docs_jax_checkpoint_example_runs(bucket: str) -> None:
-    """The CheckpointManager example of docs/jax.md runs with real JAX arrays."""
+    """The CheckpointManager example of docs/jax.md runs with real JAX arrays. In a child
+    process: a JAX backend in the pytest process would make every later fork() warn (JAX is
+    multithreaded), and tests/test_jax.py checks that none is started here."""
     require("jax")
     (block,) = python_blocks(DOCS / "jax.md", "Checkpoints with CheckpointManager")
-    ns = run_blocks([block], bucket, "docs/jax.md")
-    assert ns["mgr"].manifest(3)["state_format"] == "numpy"
+    code = block.replace("s3://my-bucket", f"s3://{bucket}") + (
+        '\nassert mgr.manifest(3)["state_format"] == "numpy"\nprint("JAX-OK")\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=240, check=False
+    )
+    assert out.returncode == 0 and "JAX-OK" in out.stdout, out.stderr[-3000:]
