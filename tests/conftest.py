@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -31,6 +32,14 @@ _TESTS = str(Path(__file__).resolve().parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_S3DLIO_HOME, _TESTS, os.environ.get("PYTHONPATH")) if p
 )
+
+
+# A shell that starts pytest in the background (`nox -s ci &`, some CI runners) leaves SIGINT
+# ignored, and an ignored signal stays ignored across exec: the Ctrl-C tests' children would never
+# see their SIGINT. Python's own handler here is reset to the default in every exec'd child, which
+# then installs its KeyboardInterrupt handler as an interactive Python does.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config: pytest.Config) -> None:

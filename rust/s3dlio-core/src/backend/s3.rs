@@ -138,8 +138,9 @@ pub struct S3Backend {
 
 /// A response without its body read yet, and what its headers said.
 struct Opened {
-    body: ByteStream,
-    /// Content-Length.
+    body: Body,
+    /// Bytes the caller gets from `body` (Content-Length, or the range asked for when the server
+    /// sent the whole object).
     len: Option<usize>,
     /// The whole object's size (Content-Range, or Content-Length of a whole-object GET).
     total: Option<u64>,
@@ -248,12 +249,17 @@ impl S3Backend {
                 }
             })?;
         let len = resp.content_length().and_then(|n| usize::try_from(n).ok());
-        let total = match (range, resp.content_range()) {
-            (_, Some(cr)) => total_from_content_range(cr),
-            (None, None) => len.map(|n| n as u64),
-            (Some(_), None) => None,
+        let etag = etag_of(resp.e_tag());
+        let (total, body) = match (range, resp.content_range()) {
+            (_, Some(cr)) => (total_from_content_range(cr), Body::new(resp.body, 0, None)),
+            (None, None) => (len.map(|n| n as u64), Body::new(resp.body, 0, None)),
+            (Some(r), None) => {
+                let (skip, take, total) = whole_answer(r, len, &uri)?;
+                (total, Body::new(resp.body, skip, take))
+            }
         };
-        Ok(Opened { etag: etag_of(resp.e_tag()), body: resp.body, len, total })
+        let len = body.take.or(len);
+        Ok(Opened { etag, body, len, total })
     }
 
     /// One whole attempt of a GET: headers and body.
@@ -278,7 +284,7 @@ impl S3Backend {
             }
             _ => {
                 let mut buf = BytesMut::with_capacity(len.unwrap_or(0));
-                while let Some(chunk) = next_chunk(&mut body, self.read_timeout, &uri).await? {
+                while let Some(chunk) = body.next(self.read_timeout, &uri).await? {
                     buf.extend_from_slice(&chunk);
                 }
                 if let Some(n) = len {
@@ -338,14 +344,9 @@ fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -> Result<()
 
 /// Stream a body into `dst` (the one honest copy: network chunk into its offset of the final
 /// buffer); returns the bytes written. More bytes than `dst` holds is an error.
-async fn fill_from(
-    body: &mut ByteStream,
-    dst: &mut [u8],
-    read_timeout: Duration,
-    uri: &str,
-) -> Result<usize> {
+async fn fill_from(body: &mut Body, dst: &mut [u8], read_timeout: Duration, uri: &str) -> Result<usize> {
     let mut filled = 0usize;
-    while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
+    while let Some(chunk) = body.next(read_timeout, uri).await? {
         let end = filled + chunk.len();
         if end > dst.len() {
             let msg = format!("server sent more than the {} bytes it announced", dst.len());
@@ -765,6 +766,72 @@ async fn next_chunk(body: &mut ByteStream, read_timeout: Duration, uri: &str) ->
     }
 }
 
+/// A ranged GET answered without `Content-Range`. HTTP lets a server ignore `Range` and send the
+/// whole object (200); some S3-compatible servers do so now and then. Returns `(skip, take,
+/// total)`: the body bytes to drop before the range, the range's length, and the object's size.
+/// A body of exactly the range's length is the range itself (a 206 missing its header). Any other
+/// body is a transient I/O error naming what came back, never bytes from the wrong offset.
+fn whole_answer(r: ByteRange, len: Option<usize>, uri: &str) -> Result<(usize, Option<usize>, Option<u64>)> {
+    let body = len.map(|n| n as u64);
+    match (r.length, body) {
+        (Some(want), Some(n)) if n == want => Ok((0, None, None)),
+        (Some(want), Some(n)) if r.offset.checked_add(want).is_some_and(|end| end <= n) => {
+            Ok((r.offset as usize, Some(want as usize), Some(n)))
+        }
+        (None, Some(n)) if r.offset < n => Ok((r.offset as usize, Some((n - r.offset) as usize), Some(n))),
+        _ => {
+            let got = body.map_or_else(|| "a body of unknown length".to_owned(), |n| format!("{n} bytes"));
+            Err(Error::new(
+                ErrorKind::Io,
+                Some(uri),
+                format!(
+                    "the server answered the ranged GET of {} with {got} and no Content-Range",
+                    r.describe()
+                ),
+            ))
+        }
+    }
+}
+
+/// A response body, less `skip` leading bytes and cut after `take` bytes when set (see
+/// [`whole_answer`]).
+struct Body {
+    stream: ByteStream,
+    skip: usize,
+    take: Option<usize>,
+    /// Bytes still to hand out, when `take` is set.
+    left: Option<usize>,
+}
+
+impl Body {
+    fn new(stream: ByteStream, skip: usize, take: Option<usize>) -> Body {
+        Body { stream, skip, take, left: take }
+    }
+
+    async fn next(&mut self, read_timeout: Duration, uri: &str) -> Result<Option<Bytes>> {
+        loop {
+            if self.left == Some(0) {
+                return Ok(None); // the rest of a whole-object answer is not needed
+            }
+            let Some(mut chunk) = next_chunk(&mut self.stream, read_timeout, uri).await? else {
+                return Ok(None);
+            };
+            if self.skip > 0 {
+                let n = self.skip.min(chunk.len());
+                self.skip -= n;
+                chunk = chunk.slice(n..);
+            }
+            if let Some(left) = self.left.as_mut() {
+                chunk.truncate(*left);
+                *left -= chunk.len();
+            }
+            if !chunk.is_empty() {
+                return Ok(Some(chunk));
+            }
+        }
+    }
+}
+
 /// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
 /// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -887,6 +954,23 @@ mod tests {
         let one = multipart_etag(&[part(1, "0cc175b9c0f1b6a831c399e269772661")]).unwrap();
         assert!(one.ends_with("-1") && one.len() == 34, "{one}");
         assert_eq!(multipart_etag(&[part(1, "not-an-md5")]), None);
+    }
+
+    #[test]
+    fn a_ranged_get_answered_whole_is_cut_to_the_range() {
+        let r = |o, l| ByteRange::new(o, l);
+        // The whole object (100 bytes) for 10+20: skip 10, take 20, size 100.
+        assert_eq!(whole_answer(r(10, Some(20)), Some(100), "u").unwrap(), (10, Some(20), Some(100)));
+        // Exactly the range's length: the range itself, size unknown.
+        assert_eq!(whole_answer(r(10, Some(20)), Some(20), "u").unwrap(), (0, None, None));
+        // Open-ended: from the offset to the end.
+        assert_eq!(whole_answer(r(10, None), Some(100), "u").unwrap(), (10, Some(90), Some(100)));
+        // Neither: a transient I/O error, never bytes from the wrong place.
+        for (range, len) in [(r(10, Some(20)), Some(25)), (r(10, Some(20)), None), (r(100, None), Some(100))]
+        {
+            let e = whole_answer(range, len, "s3://b/k").unwrap_err();
+            assert!(e.is_transient() && e.to_string().contains("no Content-Range"), "{e}");
+        }
     }
 
     #[test]
