@@ -142,6 +142,48 @@ def _pytest(session: nox.Session, *, frameworks_required: bool) -> None:
 # --- sessions -----------------------------------------------------------------------------------
 
 
+def _requirements(*extras: str) -> list[str]:
+    """s3dlio's own requirements and those of `extras`, without s3dlio itself."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += [r for r in project["optional-dependencies"][extra] if r not in reqs]
+    return reqs
+
+
+def _install_in_background(session: nox.Session, reqs: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start `pip install reqs` into the session's environment; returns the process and its log.
+    Downloading and unpacking the frameworks (torch, jax, tensorflow: gigabytes on a fresh
+    machine) is bound by the network and the disk, so it runs while cargo keeps both cores busy."""
+    log = Path(session.create_tmp()) / "pip-install.log"
+    python = str(Path(session.bin) / "python")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [python, "-m", "pip", "install", *reqs], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    return proc, log
+
+
+def _wait_for_install(session: nox.Session, proc: subprocess.Popen[bytes], log: Path) -> None:
+    rc = proc.wait()
+    text = log.read_text(errors="replace")
+    session.log(f"pip install (background) exited with {rc}: {log}")
+    if rc != 0:
+        print(text[-6000:])
+        session.error(f"installing the test requirements failed (exit code {rc}); log: {log}")
+
+
+def _build_wheel(session: nox.Session, *, release: bool = False) -> Path:
+    """Build s3dlio's wheel with maturin (through pip, no dependencies) into a fresh directory."""
+    out = Path(session.create_tmp()) / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    env = RELEASE_BUILD if release else DEV_BUILD
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(ROOT), env=env)
+    (wheel,) = out.glob("s3dlio-*.whl")
+    return wheel
+
+
 @nox.session(python=PYTHON)
 def ci(session: nox.Session) -> None:
     """Everything CI checks, in one environment, building the extension once."""
@@ -150,15 +192,27 @@ def ci(session: nox.Session) -> None:
         # Cheapest first, so a formatting slip fails in seconds rather than after the build.
         with _step(timings, "install lint tools"):
             session.install(*_extra("lint"))
-        with _step(timings, "cargo fmt --check"):
-            _cargo_fmt(session)
-        with _step(timings, "ruff check + format --check"):
-            _ruff(session)
-        with _step(timings, "cargo clippy"):
-            _clippy(session)
-        with _step(timings, "build + install (dev profile)"):
-            # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests.
-            _install(session, "test,lint,torch,jax,tf,notebooks,lightning")
+        # torch (CPU use of the PyPI wheel) runs the drop-in, DDP and torch.frombuffer tests; the
+        # bench extra serves the harness check at the end. Installed while cargo works.
+        reqs = _requirements("test", "lint", "torch", "jax", "tf", "notebooks", "lightning", "bench")
+        deps, deps_log = _install_in_background(session, reqs)
+        try:
+            with _step(timings, "cargo fmt --check"):
+                _cargo_fmt(session)
+            with _step(timings, "ruff check + format --check"):
+                _ruff(session)
+            with _step(timings, "cargo clippy"):
+                _clippy(session)
+            with _step(timings, "build the wheel (dev profile)"):
+                wheel = _build_wheel(session)
+            with _step(timings, "wait for the requirements (installing since the start)"):
+                _wait_for_install(session, deps, deps_log)
+        finally:
+            if deps.poll() is None:
+                deps.kill()
+                deps.wait()
+        with _step(timings, "install the wheel"):
+            session.install("--no-deps", "--force-reinstall", str(wheel))
         with _step(timings, "mypy + stubtest"):
             _mypy(session)
         with _step(timings, "cargo test -p s3dlio-core"):
@@ -168,7 +222,6 @@ def ci(session: nox.Session) -> None:
         with _step(timings, "notebooks"):
             _notebooks(session)
         with _step(timings, "bench --quick (harness check, numbers discarded)"):
-            session.install(*_extra("bench"))
             scratch = session.create_tmp()
             _bench(session, "--quick", "--out", scratch, "--doc", str(Path(scratch) / "benchmarks.md"))
     finally:
