@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::azure::AzureBackend;
 use crate::backend::local::{LocalBackend, Mode};
 use crate::backend::s3::S3Backend;
 use crate::backend::Backend;
@@ -18,10 +19,20 @@ use crate::uri::Location;
 /// so a process that changes them gets a matching client.
 const ENV: [&str; 5] =
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"];
+/// The same for az://.
+const AZURE_ENV: [&str; 6] = [
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_ENDPOINT",
+];
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) enum RegistryKey {
     S3 { bucket: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
+    Azure { container: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
     Local(Mode),
 }
 
@@ -36,6 +47,14 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
             },
             key.clone(),
         ),
+        Location::Azure { container, key } => (
+            RegistryKey::Azure {
+                container: container.clone(),
+                cfg: Box::new(cfg.clone()),
+                env: AZURE_ENV.iter().map(|v| std::env::var(v).ok()).collect(),
+            },
+            key.clone(),
+        ),
         Location::File { path } => (RegistryKey::Local(Mode::Buffered), path.to_string_lossy().into_owned()),
         Location::Direct { path } => (RegistryKey::Local(Mode::Direct), path.to_string_lossy().into_owned()),
     };
@@ -45,6 +64,9 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
     }
     let backend: Arc<dyn Backend> = match (&reg_key, loc) {
         (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Arc::new(S3Backend::new(bucket, cfg).await?),
+        (RegistryKey::Azure { .. }, Location::Azure { container, .. }) => {
+            Arc::new(AzureBackend::new(container, cfg, &loc.to_uri()).await?)
+        }
         (RegistryKey::Local(mode), _) => Arc::new(LocalBackend::new(*mode)),
         _ => unreachable!("the registry key is derived from the location"),
     };

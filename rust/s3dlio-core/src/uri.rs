@@ -1,4 +1,4 @@
-//! Parsing of `s3://bucket/key`, `file:///path` and `direct:///path` URIs.
+//! Parsing of `s3://bucket/key`, `az://container/blob`, `file:///path` and `direct:///path` URIs.
 //!
 //! Keys are taken literally (no percent-decoding): `s3://b/a b.txt` is the key `a b.txt`.
 
@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// The schemes served, for messages.
+const SCHEMES: &str = "s3://, az://, file://, direct://";
+
 /// A parsed storage location: an object, or a prefix for listing and bulk operations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
     S3 { bucket: String, key: String },
+    Azure { container: String, key: String },
     File { path: PathBuf },
     Direct { path: PathBuf },
 }
@@ -18,7 +22,10 @@ impl Location {
     /// Parse any URI; the key or path may be empty (a bucket or prefix).
     pub fn parse(uri: &str) -> Result<Self> {
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            Error::invalid_uri(uri, "expected a URI like s3://bucket/key, file:///path or direct:///path")
+            Error::invalid_uri(
+                uri,
+                "expected a URI like s3://bucket/key, az://container/blob, file:///path or direct:///path",
+            )
         })?;
         match scheme {
             "s3" => {
@@ -26,16 +33,18 @@ impl Location {
                 validate_bucket(uri, bucket)?;
                 Ok(Location::S3 { bucket: bucket.to_owned(), key: key.to_owned() })
             }
+            "az" => {
+                let (container, key) = rest.split_once('/').unwrap_or((rest, ""));
+                validate_container(uri, container)?;
+                Ok(Location::Azure { container: container.to_owned(), key: key.to_owned() })
+            }
             "file" => Ok(Location::File { path: local_path(uri, rest)? }),
             "direct" => Ok(Location::Direct { path: local_path(uri, rest)? }),
-            "az" | "gs" | "gcs" | "http" | "https" => Err(Error::invalid_uri(
+            "gs" | "gcs" | "http" | "https" => Err(Error::invalid_uri(
                 uri,
-                format!("the {scheme}:// scheme is not supported yet (supported: s3://, file://, direct://)"),
+                format!("the {scheme}:// scheme is not supported yet (supported: {SCHEMES})"),
             )),
-            _ => Err(Error::invalid_uri(
-                uri,
-                format!("unknown scheme {scheme:?} (supported: s3://, file://, direct://)"),
-            )),
+            _ => Err(Error::invalid_uri(uri, format!("unknown scheme {scheme:?} (supported: {SCHEMES})"))),
         }
     }
 
@@ -43,7 +52,9 @@ impl Location {
     pub fn parse_object(uri: &str) -> Result<Self> {
         let loc = Location::parse(uri)?;
         match &loc {
-            Location::S3 { key, .. } if key.is_empty() || key.ends_with('/') => {
+            Location::S3 { key, .. } | Location::Azure { key, .. }
+                if key.is_empty() || key.ends_with('/') =>
+            {
                 Err(Error::invalid_uri(uri, "names a bucket or prefix, not an object"))
             }
             Location::File { path } | Location::Direct { path } if path.as_os_str().is_empty() => {
@@ -56,10 +67,14 @@ impl Location {
     /// Parse a URI that must name a bucket (S3) or a directory (file/direct), with no key.
     pub fn parse_bucket(uri: &str) -> Result<Self> {
         let loc = Location::parse(uri)?;
-        if let Location::S3 { key, .. } = &loc {
-            if !key.trim_end_matches('/').is_empty() {
+        match &loc {
+            Location::S3 { key, .. } if !key.trim_end_matches('/').is_empty() => {
                 return Err(Error::invalid_uri(uri, "names an object; expected s3://bucket"));
             }
+            Location::Azure { key, .. } if !key.trim_end_matches('/').is_empty() => {
+                return Err(Error::invalid_uri(uri, "names a blob; expected az://container"));
+            }
+            _ => {}
         }
         Ok(loc)
     }
@@ -70,6 +85,9 @@ impl Location {
             Location::S3 { bucket, key } => {
                 Location::S3 { bucket: bucket.clone(), key: format!("{key}{suffix}") }
             }
+            Location::Azure { container, key } => {
+                Location::Azure { container: container.clone(), key: format!("{key}{suffix}") }
+            }
             Location::File { path } => Location::File { path: join_str(path, suffix) },
             Location::Direct { path } => Location::Direct { path: join_str(path, suffix) },
         }
@@ -79,6 +97,7 @@ impl Location {
     pub fn scheme(&self) -> &'static str {
         match self {
             Location::S3 { .. } => "s3",
+            Location::Azure { .. } => "az",
             Location::File { .. } => "file",
             Location::Direct { .. } => "direct",
         }
@@ -88,6 +107,7 @@ impl Location {
     pub fn to_uri(&self) -> String {
         match self {
             Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
+            Location::Azure { container, key } => format!("az://{container}/{key}"),
             Location::File { path } => format!("file://{}", path.display()),
             Location::Direct { path } => format!("direct://{}", path.display()),
         }
@@ -96,7 +116,7 @@ impl Location {
     /// The key (S3) or path string (file/direct) that prefix matching works on.
     pub fn key_str(&self) -> String {
         match self {
-            Location::S3 { key, .. } => key.clone(),
+            Location::S3 { key, .. } | Location::Azure { key, .. } => key.clone(),
             Location::File { path } | Location::Direct { path } => path.to_string_lossy().into_owned(),
         }
     }
@@ -156,6 +176,30 @@ fn validate_bucket(uri: &str, bucket: &str) -> Result<()> {
     Ok(())
 }
 
+/// Azure container names: 3-63 characters of lowercase letters, digits and single hyphens,
+/// starting and ending with a letter or digit (`$root` and `$web` are the special ones).
+fn validate_container(uri: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_uri(uri, "has no container name (expected az://container/blob)"));
+    }
+    if name == "$root" || name == "$web" {
+        return Ok(());
+    }
+    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+        || name.contains("--")
+    {
+        return Err(Error::invalid_uri(
+            uri,
+            format!("{name:?} is not a valid Azure container name (3-63 lowercase letters, digits and single hyphens)"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn parses_azure() {
+        assert_eq!(
+            Location::parse("az://data-1/a/b c").unwrap(),
+            Location::Azure { container: "data-1".into(), key: "a/b c".into() }
+        );
+        assert_eq!(Location::parse("az://data-1/x").unwrap().to_uri(), "az://data-1/x");
+        assert!(Location::parse_object("az://data-1/dir/").is_err());
+        assert!(Location::parse_bucket("az://data-1/k").is_err());
+    }
+
+    #[test]
     fn parses_local() {
         assert_eq!(Location::parse("file:///tmp/x").unwrap(), Location::File { path: "/tmp/x".into() });
         assert_eq!(Location::parse("direct:///d/x").unwrap(), Location::Direct { path: "/d/x".into() });
@@ -182,8 +237,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_uris_with_invalid_uri() {
-        for bad in ["", "bucket/key", "s3://", "s3:///key", "ftp://x/y", "s3://Bad!/k", "file://", "gs://b/k"]
-        {
+        for bad in [
+            "",
+            "bucket/key",
+            "s3://",
+            "s3:///key",
+            "ftp://x/y",
+            "s3://Bad!/k",
+            "file://",
+            "gs://b/k",
+            "az://Up/k",
+            "az:///k",
+        ] {
             let err = Location::parse_object(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidUri, "{bad}: {err}");
             assert_eq!(err.uri(), Some(bad));

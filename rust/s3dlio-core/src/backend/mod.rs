@@ -9,6 +9,7 @@
 //! flight. Work that must finish even so (aborting a multipart upload, removing a temp file) is
 //! handed to the runtime's cleanup tracker, which an interrupted blocking call waits for.
 
+pub mod azure;
 pub mod local;
 pub mod s3;
 
