@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -192,15 +193,31 @@ def tmpfs_dir() -> Iterator[str]:
 # Every backend
 # -------------------------------------------------------------------------------------------------
 
-BACKENDS = ("s3", "file", "direct")
+BACKENDS = ("s3", "az", "file", "direct")
+
+
+@pytest.fixture
+def az_container(azurite: LocalAzurite) -> Iterator[str]:
+    """Name of a fresh, empty container on Azurite (no ``az://``), emptied and deleted afterwards."""
+    name = f"c-{uuid.uuid4().hex[:16]}"
+    s3dlio.create_bucket(f"az://{name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            s3dlio.delete_prefix(f"az://{name}/")
+        with contextlib.suppress(Exception):
+            s3dlio.delete_bucket(f"az://{name}")
 
 
 @pytest.fixture(params=BACKENDS)
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A writable, empty prefix ending in ``/`` on each backend: ``s3://bucket/``,
-    ``file:///tmp/.../`` and ``direct:///var/tmp/.../``."""
+    ``az://container/``, ``file:///tmp/.../`` and ``direct:///var/tmp/.../``."""
     if request.param == "s3":
         return f"s3://{request.getfixturevalue('bucket')}/"
+    if request.param == "az":
+        return f"az://{request.getfixturevalue('az_container')}/"
     if request.param == "file":
         d = tmp_path / "file-root"
         d.mkdir()

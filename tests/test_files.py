@@ -16,7 +16,7 @@ import pytest
 
 import s3dlio
 from faultproxy import FaultProxy
-from helpers import MiB, wait_until
+from helpers import MiB, require, wait_until
 from s3dlio import exceptions as exc
 
 
@@ -108,6 +108,13 @@ def test_exception_inside_with_publishes_nothing(root: str, size: int, boto3_cli
     assert {o.uri for o in s3dlio.list(root)} == before
     if root.startswith("s3://"):
         assert _no_uploads_left(boto3_client, root[5:].split("/")[0])
+    elif root.startswith("az://"):
+        # Staged blocks are never visible; no blob exists only as uncommitted blocks either.
+        blob = require("azure.storage.blob")
+        container = blob.ContainerClient.from_connection_string(
+            os.environ["AZURE_STORAGE_CONNECTION_STRING"], root[5:].split("/")[0]
+        )
+        assert {b.name for b in container.list_blobs(include=["uncommittedblobs"])} == {"dir/obj"}
     else:
         assert sorted(os.listdir(root.split("://", 1)[1] + "dir")) == ["obj"]
     assert wait_until(lambda: s3dlio.live_tasks() == 0)

@@ -10,7 +10,9 @@ capability flag here, never a backend-name check in a test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 import pytest
 
 import s3dlio
+from faultproxy import FaultProxy
 from helpers import MiB
 
 
@@ -122,6 +125,67 @@ class S3Store(Store):
         raise AssertionError("part 3 of the multipart upload never reached the proxy")
 
 
+class AzureStore(Store):
+    """A fresh container on the suite's Azurite; azure-storage-blob is the out-of-band observer.
+
+    Azure has no multipart upload to abort: a block upload stages blocks that stay invisible until
+    committed (the service discards them). :meth:`pending_uploads` lists the blobs that exist only
+    as uncommitted blocks, the one trace a block upload can leave."""
+
+    name = "az"
+    supports_folder_markers = True
+    object_and_prefix_coexist = True
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.azurite: Any = request.getfixturevalue("azurite")
+        blob = pytest.importorskip("azure.storage.blob")
+        self.container = f"c-{uuid.uuid4().hex[:16]}"
+        super().__init__(f"az://{self.container}/")
+        s3dlio.create_bucket(f"az://{self.container}")
+        service = blob.BlobServiceClient.from_connection_string(self.azurite.connection_string)
+        self.client: Any = service.get_container_client(self.container)
+        self._request = request
+        self._proxy: Any = None
+
+        def cleanup() -> None:
+            with contextlib.suppress(Exception):
+                self.client.delete_container()
+
+        request.addfinalizer(cleanup)
+
+    def make_marker(self, key: str) -> None:
+        assert key.endswith("/"), key
+        self.client.upload_blob(key, b"", overwrite=True)
+
+    def raw_keys(self) -> set[str]:
+        return set(self.client.list_blob_names())
+
+    def pending_uploads(self) -> list[str]:
+        committed = self.raw_keys()
+        everything = {b.name for b in self.client.list_blobs(include=["uncommittedblobs"])}
+        return sorted(everything - committed)
+
+    def interruptible_put(self, **overrides: Any) -> tuple[s3dlio.StorageConfig | None, int]:
+        self._proxy = FaultProxy(self.azurite.blob_url)
+        self._request.addfinalizer(self._proxy.stop)
+        # base64("00000003"): part 3's block id (see backend/azure.rs, block ids).
+        self._proxy.set_mode("blackhole", match=r"blockid=[^& ]*MDAwMDAwMDM")
+        cfg = s3dlio.StorageConfig(
+            endpoint_url=f"{self._proxy.endpoint}/{self.azurite.account_name}",
+            max_attempts=1,
+            read_timeout=60,
+            **overrides,
+        )
+        return cfg, 64 * MiB
+
+    async def until_in_flight(self) -> None:
+        for _ in range(500):
+            if self._proxy.faults_injected >= 1:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("block 3 of the block upload never reached the proxy")
+
+
 class LocalStore(Store):
     """A fresh directory, reached as ``<scheme>://<dir>/``; the filesystem is the observer."""
 
@@ -175,6 +239,7 @@ class DirectStore(LocalStore):
 #: Every backend the suite runs on. A new backend adds its factory here.
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Store]] = {
     "s3": S3Store,
+    "az": AzureStore,
     "file": FileStore,
     "direct": DirectStore,
 }

@@ -437,6 +437,15 @@ impl AzureBackend {
                 ));
             }
         }
+        // An open range from the end on (Azurite answers it 206 with nothing) selects no byte.
+        if let (Some(ByteRange { offset, length: None }), Some(size)) = (opts.range, total) {
+            if offset >= size {
+                return Err(Error::invalid_range(
+                    &uri,
+                    format!("range {offset}.. is outside the object (size {size})"),
+                ));
+            }
+        }
         if let (Some(ByteRange { offset, length: Some(want) }), false) = (opts.range, opts.allow_short) {
             if buf.len() as u64 != want {
                 let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
