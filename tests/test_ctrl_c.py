@@ -60,10 +60,14 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_and_interrupt(proxy: FaultProxy, op: str, uri: str) -> dict[str, str]:
-    """Run CHILD against the proxy, SIGINT it once its request is stuck; return its report."""
-    env = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint)
-    env.pop("AWS_ENDPOINT_URL_S3", None)
+def run_and_interrupt(
+    proxy: FaultProxy, op: str, uri: str, env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Run CHILD against the proxy, SIGINT it once its request is stuck; return its report.
+    ``env``: the child's environment (default: this one, with S3 pointed at the proxy)."""
+    if env is None:
+        env = dict(os.environ, AWS_ENDPOINT_URL=proxy.endpoint)
+        env.pop("AWS_ENDPOINT_URL_S3", None)
     child = subprocess.Popen(
         # -P: import the installed s3dlio, not the source tree in the working directory.
         [sys.executable, "-P", "-c", CHILD, op, uri],
