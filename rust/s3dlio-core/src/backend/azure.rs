@@ -22,18 +22,16 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use hmac::{KeyInit, Mac};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::http::{self as h, Answer, HttpClient};
 use super::{Backend, MultipartUpload};
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result, ServerDetail};
@@ -43,8 +41,6 @@ use crate::types::{ByteRange, GetOptions, GetResult, ListPage, ObjectInfo, PartI
 const API_VERSION: &str = "2025-01-05";
 /// Blobs deleted concurrently inside one `delete_many` batch.
 const DELETE_CONCURRENCY: usize = 16;
-
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How requests are authorised. Holds secrets: never printed.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -149,35 +145,10 @@ pub struct AzureBackend {
     read_timeout: Duration,
 }
 
-/// A response whose body is still to be read.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Incoming,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 impl AzureBackend {
     pub async fn new(container: &str, cfg: &StoreConfig, uri: &str) -> Result<AzureBackend> {
         let account = AzureAccount::resolve(cfg, uri)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| {
-                Error::new(ErrorKind::Io, Some(uri), format!("cannot load TLS root certificates: {e}"))
-            })?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(tls);
+        let client = h::client(cfg, uri)?;
         Ok(AzureBackend {
             http: client,
             account,
@@ -259,17 +230,7 @@ impl AzureBackend {
         let req = req.body(Full::new(body)).map_err(|e| {
             Error::new(ErrorKind::InvalidUri, Some(uri), format!("cannot build the request: {e}"))
         })?;
-        let resp: Response<Incoming> =
-            match tokio::time::timeout(self.read_timeout, self.http.request(req)).await {
-                Err(_) => {
-                    let msg = format!("no response for {:?}", self.read_timeout);
-                    return Err(Error::new(ErrorKind::Timeout, Some(uri), msg));
-                }
-                Ok(Err(e)) => return Err(Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e))),
-                Ok(Ok(r)) => r,
-            };
-        let (parts, body) = resp.into_parts();
-        Ok(Answer { status: parts.status, headers: parts.headers, body })
+        h::send(&self.http, req, self.read_timeout, uri).await
     }
 
     /// `send`, then turn an error status into an [`Error`] (reading the error body).
@@ -299,30 +260,25 @@ impl AzureBackend {
         body: Bytes,
         uri: &str,
     ) -> Result<Answer> {
-        let mut n = 1;
-        loop {
-            match self.call(method.clone(), blob, query, headers, body.clone(), uri).await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        h::retrying(self.max_attempts, self.initial_backoff, || {
+            self.call(method.clone(), blob, query, headers, body.clone(), uri)
+        })
+        .await
     }
 
     async fn error_of(&self, a: Answer, uri: &str) -> Error {
         let status = a.status.as_u16();
         let code = a.header("x-ms-error-code").map(str::to_owned);
         let request_id = a.header("x-ms-request-id").map(str::to_owned);
-        let text = match tokio::time::timeout(Duration::from_secs(5), a.body.collect()).await {
-            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
-            _ => String::new(),
+        let status_line = a.status.canonical_reason().unwrap_or("error");
+        let text = match a.bytes(Duration::from_secs(5), uri).await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(_) => String::new(),
         };
         let code = code.or_else(|| tag(&text, "Code").map(|(_, v)| v));
         let message = tag(&text, "Message")
             .map(|(_, m)| m.lines().next().unwrap_or_default().to_owned())
-            .unwrap_or_else(|| a.status.canonical_reason().unwrap_or("error").to_owned());
+            .unwrap_or_else(|| status_line.to_owned());
         let kind = classify(status, code.as_deref());
         let shown = code.clone().unwrap_or_else(|| status.to_string());
         Error::new(kind, Some(uri), format!("{shown}: {message} (HTTP {status})")).with_detail(ServerDetail {
@@ -330,34 +286,6 @@ impl AzureBackend {
             code,
             request_id,
         })
-    }
-
-    /// Read a whole body, at most `limit` bytes; each chunk must come within `read_timeout`.
-    async fn read_body(&self, body: &mut Incoming, dst: &mut BytesMut, uri: &str) -> Result<()> {
-        while let Some(chunk) = self.next_chunk(body, uri).await? {
-            dst.extend_from_slice(&chunk);
-        }
-        Ok(())
-    }
-
-    async fn next_chunk(&self, body: &mut Incoming, uri: &str) -> Result<Option<Bytes>> {
-        loop {
-            match tokio::time::timeout(self.read_timeout, body.frame()).await {
-                Err(_) => {
-                    let msg = format!("no data for {:?} while reading the response body", self.read_timeout);
-                    return Err(Error::new(ErrorKind::Timeout, Some(uri), msg));
-                }
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => {
-                    return Err(Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e)))
-                }
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        return Ok(Some(data));
-                    }
-                }
-            }
-        }
     }
 
     /// One ranged or whole GET: headers checked, the body left to read.
@@ -391,7 +319,7 @@ impl AzureBackend {
             })?;
         let len = a.header("content-length").and_then(|v| v.parse::<u64>().ok());
         let total = match (range, a.header("content-range")) {
-            (_, Some(cr)) => cr.rsplit_once('/').and_then(|(_, t)| t.parse().ok()),
+            (_, Some(cr)) => h::total_from_content_range(cr),
             (None, None) => len,
             (Some(r), None) if a.status == StatusCode::OK => {
                 // The whole blob for a range (an empty blob answers a range at 0 so).
@@ -409,53 +337,17 @@ impl AzureBackend {
             }
             (Some(_), None) => None,
         };
-        if let (Some(want), Some(total)) = (opts.expected_size, total) {
-            if want != total {
-                return Err(Error::new(
-                    ErrorKind::Changed,
-                    Some(uri),
-                    format!("object is {total} bytes, but {want} were expected (from a listing or the caller): it changed, or the size given is wrong"),
-                ));
-            }
-        }
+        h::check_size(opts.expected_size, total, uri)?;
         let etag = a.header("etag").map(|t| t.trim_matches('"').to_owned());
         Ok(Opened { len, total, etag, body: a.body })
     }
 
     async fn get_once(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
         let uri = self.uri(key);
-        let opened = self.open(key, opts.range, opts, &uri).await?;
-        let Opened { len, total, etag, mut body } = opened;
-        let mut buf = BytesMut::with_capacity(len.map_or(0, |n| n as usize));
-        self.read_body(&mut body, &mut buf, &uri).await?;
-        if let Some(n) = len {
-            if buf.len() as u64 != n {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    Some(&uri),
-                    format!("body ended after {} of {n} bytes", buf.len()),
-                ));
-            }
-        }
-        // An open range from the end on (Azurite answers it 206 with nothing) selects no byte.
-        if let (Some(ByteRange { offset, length: None }), Some(size)) = (opts.range, total) {
-            if offset >= size {
-                return Err(Error::invalid_range(
-                    &uri,
-                    format!("range {offset}.. is outside the object (size {size})"),
-                ));
-            }
-        }
-        if let (Some(ByteRange { offset, length: Some(want) }), false) = (opts.range, opts.allow_short) {
-            if buf.len() as u64 != want {
-                let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
-                return Err(Error::invalid_range(
-                    &uri,
-                    format!("range {offset}+{want} extends past the end of the object (size {size})"),
-                ));
-            }
-        }
-        Ok(GetResult { data: buf.freeze(), size: total, etag })
+        let Opened { len, total, etag, mut body } = self.open(key, opts.range, opts, &uri).await?;
+        let data = h::read_exact(&mut body, len, self.read_timeout, &uri).await?;
+        h::check_range(opts.range, opts.allow_short, data.len(), total, &uri)?;
+        Ok(GetResult { data, size: total, etag })
     }
 
     async fn get_into_once(
@@ -468,22 +360,7 @@ impl AzureBackend {
         let uri = self.uri(key);
         let range = ByteRange::new(offset, Some(dst.len() as u64));
         let Opened { etag, mut body, .. } = self.open(key, Some(range), opts, &uri).await?;
-        let mut filled = 0usize;
-        while let Some(chunk) = self.next_chunk(&mut body, &uri).await? {
-            let end = filled + chunk.len();
-            if end > dst.len() {
-                let msg = format!("server sent more than the {} bytes asked for", dst.len());
-                return Err(Error::new(ErrorKind::Io, Some(&uri), msg));
-            }
-            dst[filled..end].copy_from_slice(&chunk);
-            filled = end;
-        }
-        if filled != dst.len() {
-            return Err(Error::invalid_range(
-                &uri,
-                format!("range at offset {offset} returned {filled} of {} bytes", dst.len()),
-            ));
-        }
+        h::fill_range(&mut body, offset, dst, self.read_timeout, &uri).await?;
         Ok(etag)
     }
 
@@ -505,9 +382,8 @@ impl AzureBackend {
             query.push(("marker", m));
         }
         query.push(("maxresults", "5000".to_owned()));
-        let mut a = self.call_retrying(Method::GET, "", &query, &[], Bytes::new(), &uri).await?;
-        let mut buf = BytesMut::new();
-        self.read_body(&mut a.body, &mut buf, &uri).await?;
+        let a = self.call_retrying(Method::GET, "", &query, &[], Bytes::new(), &uri).await?;
+        let buf = a.bytes(self.read_timeout, &uri).await?;
         let text = String::from_utf8(buf.to_vec())
             .map_err(|_| Error::new(ErrorKind::Io, Some(&uri), "the listing is not UTF-8"))?;
         parse_listing(&text, &self.container).map_err(|m| Error::new(ErrorKind::Io, Some(&uri), m))
@@ -673,7 +549,7 @@ fn parse_listing(xml: &str, container: &str) -> std::result::Result<(ListPage, O
         let name = listed_name(b).ok_or("a Blob without a Name")?;
         let size = tag(b, "Content-Length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
         let etag = tag(b, "Etag").map(|(_, v)| v.trim_matches('"').to_owned());
-        let last_modified = tag(b, "Last-Modified").and_then(|(_, v)| http_date_secs(&v));
+        let last_modified = tag(b, "Last-Modified").and_then(|(_, v)| h::http_date_secs(&v));
         out.push(ObjectInfo {
             uri: format!("az://{container}/{name}"),
             size,
@@ -684,11 +560,6 @@ fn parse_listing(xml: &str, container: &str) -> std::result::Result<(ListPage, O
     }
     let next = tag(xml, "NextMarker").map(|(_, v)| v).filter(|m| !m.is_empty());
     Ok((out, next))
-}
-
-fn http_date_secs(v: &str) -> Option<f64> {
-    let t = httpdate::parse_http_date(v).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
 }
 
 /// Error kinds of the Blob service's status codes and `x-ms-error-code`s.
@@ -721,14 +592,6 @@ fn classify(status: u16, code: Option<&str>) -> ErrorKind {
     }
 }
 
-/// Jittered exponential backoff before retry number `attempt` (1-based), capped at 20 s.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let full = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(Duration::from_secs(20));
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    full.mul_f64(0.5 + 0.5 * f64::from(nanos % 1000) / 1000.0)
-}
-
 fn content_md5(data: &[u8]) -> String {
     use md5::Digest;
     aws_smithy_types::base64::encode(md5::Md5::digest(data))
@@ -745,16 +608,7 @@ impl Backend for AzureBackend {
     }
 
     async fn get(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
-        let mut n = 1;
-        loop {
-            match self.get_once(key, opts).await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        h::retrying(self.max_attempts, self.initial_backoff, || self.get_once(key, opts)).await
     }
 
     async fn get_into(
@@ -771,7 +625,7 @@ impl Backend for AzureBackend {
         loop {
             match self.get_into_once(key, offset, dst, opts).await {
                 Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
+                    tokio::time::sleep(h::backoff(self.initial_backoff, n)).await;
                     n += 1;
                 }
                 other => return other,
@@ -785,7 +639,7 @@ impl Backend for AzureBackend {
         Ok(ObjectInfo {
             size: a.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
             etag: a.header("etag").map(|t| t.trim_matches('"').to_owned()),
-            last_modified: a.header("last-modified").and_then(http_date_secs),
+            last_modified: a.header("last-modified").and_then(h::http_date_secs),
             is_dir: false,
             uri,
         })

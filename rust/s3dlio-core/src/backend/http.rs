@@ -1,0 +1,235 @@
+//! What the backends that speak a REST API directly over hyper share (`az://`, `gs://`): the
+//! pooled HTTP(S) client, sending one request with a deadline on its headers, reading bodies with
+//! a deadline per chunk, and retrying transient failures with jittered backoff.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::StoreConfig;
+use crate::error::{Error, ErrorKind, Result};
+
+pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A pooled client for `http://` and `https://` (the system's root certificates).
+pub(crate) fn client(cfg: &StoreConfig, uri: &str) -> Result<HttpClient> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| Error::new(ErrorKind::Io, Some(uri), format!("cannot load TLS root certificates: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(tls))
+}
+
+/// A response whose body is still to be read.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Incoming,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The whole body (for small answers: errors, listings, metadata).
+    pub async fn bytes(mut self, read_timeout: Duration, uri: &str) -> Result<Bytes> {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = next_chunk(&mut self.body, read_timeout, uri).await? {
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+}
+
+/// Send `req` and wait at most `read_timeout` for the response headers.
+pub(crate) async fn send(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<Answer> {
+    match tokio::time::timeout(read_timeout, client.request(req)).await {
+        Err(_) => Err(Error::new(ErrorKind::Timeout, Some(uri), format!("no response for {read_timeout:?}"))),
+        Ok(Err(e)) => Err(Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e))),
+        Ok(Ok(r)) => {
+            let (parts, body) = r.into_parts();
+            Ok(Answer { status: parts.status, headers: parts.headers, body })
+        }
+    }
+}
+
+/// The next data chunk of a body; each must come within `read_timeout`.
+pub(crate) async fn next_chunk(
+    body: &mut Incoming,
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<Option<Bytes>> {
+    loop {
+        match tokio::time::timeout(read_timeout, body.frame()).await {
+            Err(_) => {
+                let msg = format!("no data for {read_timeout:?} while reading the response body");
+                return Err(Error::new(ErrorKind::Timeout, Some(uri), msg));
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => return Err(Error::new(ErrorKind::Io, Some(uri), crate::error::chain(&e))),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// Stream a body into `dst` (the one honest copy: network chunk into its place in the final
+/// buffer); returns the bytes written. More than `dst` holds is an error.
+pub(crate) async fn fill(
+    body: &mut Incoming,
+    dst: &mut [u8],
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<usize> {
+    let mut filled = 0usize;
+    while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
+        let end = filled + chunk.len();
+        if end > dst.len() {
+            let msg = format!("server sent more than the {} bytes asked for", dst.len());
+            return Err(Error::new(ErrorKind::Io, Some(uri), msg));
+        }
+        dst[filled..end].copy_from_slice(&chunk);
+        filled = end;
+    }
+    Ok(filled)
+}
+
+/// A whole body whose length is announced (or not): exactly that many bytes, or an error.
+pub(crate) async fn read_exact(
+    body: &mut Incoming,
+    len: Option<u64>,
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(len.map_or(0, |n| n as usize));
+    while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
+        buf.extend_from_slice(&chunk);
+    }
+    if let Some(n) = len {
+        if buf.len() as u64 != n {
+            let msg = format!("body ended after {} of {n} bytes", buf.len());
+            return Err(Error::new(ErrorKind::Io, Some(uri), msg));
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
+/// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
+pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
+    let full = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(Duration::from_secs(20));
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    full.mul_f64(0.5 + 0.5 * f64::from(nanos % 1000) / 1000.0)
+}
+
+/// Run `attempt` until it succeeds or fails for good: transient failures are retried, at most
+/// `max_attempts` attempts in all.
+pub(crate) async fn retrying<T, F, Fut>(
+    max_attempts: u32,
+    initial_backoff: Duration,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && n < max_attempts => {
+                tokio::time::sleep(backoff(initial_backoff, n)).await;
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The total size in a `Content-Range: bytes a-b/total` header.
+pub(crate) fn total_from_content_range(v: &str) -> Option<u64> {
+    v.rsplit_once('/').and_then(|(_, t)| t.parse().ok())
+}
+
+/// Seconds since the Unix epoch of an HTTP date (`Wed, 02 Dec 2026 10:00:00 GMT`).
+pub(crate) fn http_date_secs(v: &str) -> Option<f64> {
+    let t = httpdate::parse_http_date(v).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+}
+
+/// After a ranged read of `got` bytes: an open range from the end on selects no byte (some
+/// servers answer it 206 with nothing), and a range that must come back whole (`allow_short`
+/// false) did. Either failure is an `InvalidRange` error naming `uri`.
+pub(crate) fn check_range(
+    range: Option<crate::types::ByteRange>,
+    allow_short: bool,
+    got: usize,
+    total: Option<u64>,
+    uri: &str,
+) -> Result<()> {
+    use crate::types::ByteRange;
+    if let (Some(ByteRange { offset, length: None }), Some(size)) = (range, total) {
+        if offset >= size {
+            let msg = format!("range {offset}.. is outside the object (size {size})");
+            return Err(Error::invalid_range(uri, msg));
+        }
+    }
+    if let (Some(ByteRange { offset, length: Some(want) }), false) = (range, allow_short) {
+        if got as u64 != want {
+            let size = total.map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+            let msg = format!("range {offset}+{want} extends past the end of the object (size {size})");
+            return Err(Error::invalid_range(uri, msg));
+        }
+    }
+    Ok(())
+}
+
+/// A size from a listing or the caller must still be the object's.
+pub(crate) fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -> Result<()> {
+    match (expected, total) {
+        (Some(want), Some(total)) if want != total => Err(Error::new(
+            ErrorKind::Changed,
+            Some(uri),
+            format!("object is {total} bytes, but {want} were expected (from a listing or the caller): it changed, or the size given is wrong"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Fill all of `dst` from a ranged response body at `offset`, or an `InvalidRange` error.
+pub(crate) async fn fill_range(
+    body: &mut Incoming,
+    offset: u64,
+    dst: &mut [u8],
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<()> {
+    let filled = fill(body, dst, read_timeout, uri).await?;
+    if filled != dst.len() {
+        let msg = format!("range at offset {offset} returned {filled} of {} bytes", dst.len());
+        return Err(Error::invalid_range(uri, msg));
+    }
+    Ok(())
+}
