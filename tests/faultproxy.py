@@ -29,7 +29,8 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536, rate=10
 ``count`` limits a fault to the next ``count`` matching requests (then they pass); ``match`` is a
 regular expression searched in the request line (``r"[?&]partNumber=2[& ]"``, ``"^GET "``)
 selecting which requests are faulted; ``then`` is the mode matching requests get once ``count``
-is used up (``set_mode("drop_response", count=1, then="http404_nosuchupload")``). Without ``match`` and ``count``, ``reset`` acts on a
+is used up (``set_mode("pass", count=2, then="blackhole", match=...)``: two matching requests
+pass, the ones after them are blackholed) (``set_mode("drop_response", count=1, then="http404_nosuchupload")``). Without ``match`` and ``count``, ``reset`` acts on a
 connection as soon as it is accepted; every other fault acts on a parsed request, so
 ``requests_seen`` and ``faults_injected`` count blackholed requests too.
 
@@ -244,7 +245,7 @@ class FaultProxy:
     def _fault_for(self, request_line: bytes | None) -> str:
         """The fault to apply to this request (or connection when ``request_line`` is None)."""
         with self._lock:
-            if self.mode == "pass":
+            if self.mode == "pass" and self._then is None:
                 return "pass"
             if request_line is None:  # at accept: only unconditional connection-level faults
                 if self.mode == "reset" and self._match is None and self._remaining is None:
@@ -260,6 +261,8 @@ class FaultProxy:
                     self.mode, self._remaining, self._then = self._then, None, None
                 else:
                     self._remaining -= 1
+            if self.mode == "pass":  # `pass` with `then`: still counting down
+                return "pass"
             self.faults_injected += 1
             return self.mode
 

@@ -115,6 +115,10 @@ def test_exception_inside_with_publishes_nothing(root: str, size: int, boto3_cli
             os.environ["AZURE_STORAGE_CONNECTION_STRING"], root[5:].split("/")[0]
         )
         assert {b.name for b in container.list_blobs(include=["uncommittedblobs"])} == {"dir/obj"}
+    elif root.startswith("gs://"):
+        # A large write's parts are temporary objects under .s3dlio-uploads/: none is left.
+        uploads = root.split("/")[2]
+        assert wait_until(lambda: not s3dlio.list(f"gs://{uploads}/.s3dlio-uploads/"), timeout=5)
     else:
         assert sorted(os.listdir(root.split("://", 1)[1] + "dir")) == ["obj"]
     assert wait_until(lambda: s3dlio.live_tasks() == 0)

@@ -186,6 +186,70 @@ class AzureStore(Store):
         raise AssertionError("block 3 of the block upload never reached the proxy")
 
 
+class GcsStore(Store):
+    """A fresh bucket on the suite's fake-gcs-server; google-cloud-storage is the observer.
+
+    A large put writes its parts as temporary objects under ``.s3dlio-uploads/`` at the bucket
+    root, then composes them: :meth:`pending_uploads` lists what is left there."""
+
+    name = "gs"
+    supports_folder_markers = True
+    object_and_prefix_coexist = True
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.gcs: Any = request.getfixturevalue("fake_gcs")
+        storage = pytest.importorskip("google.cloud.storage")
+        credentials = pytest.importorskip("google.auth.credentials")
+        self.bucket = f"b-{uuid.uuid4().hex[:16]}"
+        super().__init__(f"gs://{self.bucket}/")
+        s3dlio.create_bucket(f"gs://{self.bucket}")
+        client = storage.Client(
+            project=self.gcs.project,
+            credentials=credentials.AnonymousCredentials(),
+            client_options={"api_endpoint": self.gcs.endpoint},
+        )
+        self.client: Any = client.bucket(self.bucket)
+        self._request = request
+        self._proxy: Any = None
+
+        def cleanup() -> None:
+            with contextlib.suppress(Exception):
+                s3dlio.delete_prefix(f"gs://{self.bucket}/")
+                s3dlio.delete_bucket(f"gs://{self.bucket}")
+
+        request.addfinalizer(cleanup)
+
+    def make_marker(self, key: str) -> None:
+        assert key.endswith("/"), key
+        self.client.blob(key).upload_from_string(b"")
+
+    def _all(self) -> set[str]:
+        return {b.name for b in self.client.list_blobs()}
+
+    def raw_keys(self) -> set[str]:
+        return {k for k in self._all() if not k.startswith(".s3dlio-uploads/")}
+
+    def pending_uploads(self) -> list[str]:
+        return sorted(k for k in self._all() if k.startswith(".s3dlio-uploads/"))
+
+    def interruptible_put(self, **overrides: Any) -> tuple[s3dlio.StorageConfig | None, int]:
+        self._proxy = FaultProxy(self.gcs.endpoint)
+        self._request.addfinalizer(self._proxy.stop)
+        # The parts are uploads of their own: two get through, the rest never get an answer.
+        self._proxy.set_mode("pass", count=2, then="blackhole", match=r"^POST /upload/")
+        cfg = s3dlio.StorageConfig(
+            endpoint_url=self._proxy.endpoint, max_attempts=1, read_timeout=60, **overrides
+        )
+        return cfg, 64 * MiB
+
+    async def until_in_flight(self) -> None:
+        for _ in range(500):
+            if self._proxy.faults_injected >= 1:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("part 3 of the parallel upload never reached the proxy")
+
+
 class LocalStore(Store):
     """A fresh directory, reached as ``<scheme>://<dir>/``; the filesystem is the observer."""
 
@@ -240,6 +304,7 @@ class DirectStore(LocalStore):
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Store]] = {
     "s3": S3Store,
     "az": AzureStore,
+    "gs": GcsStore,
     "file": FileStore,
     "direct": DirectStore,
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use crate::backend::azure::AzureBackend;
+use crate::backend::gcs::GcsBackend;
 use crate::backend::local::{LocalBackend, Mode};
 use crate::backend::s3::S3Backend;
 use crate::backend::Backend;
@@ -19,6 +20,14 @@ use crate::uri::Location;
 /// so a process that changes them gets a matching client.
 const ENV: [&str; 5] =
     ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"];
+/// The same for gs://.
+const GCS_ENV: [&str; 5] = [
+    "STORAGE_EMULATOR_HOST",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT",
+    "GCLOUD_PROJECT",
+    "GCE_METADATA_HOST",
+];
 /// The same for az://.
 const AZURE_ENV: [&str; 6] = [
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -33,6 +42,7 @@ const AZURE_ENV: [&str; 6] = [
 pub(crate) enum RegistryKey {
     S3 { bucket: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
     Azure { container: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
+    Gcs { bucket: String, cfg: Box<StoreConfig>, env: Vec<Option<String>> },
     Local(Mode),
 }
 
@@ -55,6 +65,14 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
             },
             key.clone(),
         ),
+        Location::Gcs { bucket, key } => (
+            RegistryKey::Gcs {
+                bucket: bucket.clone(),
+                cfg: Box::new(cfg.clone()),
+                env: GCS_ENV.iter().map(|v| std::env::var(v).ok()).collect(),
+            },
+            key.clone(),
+        ),
         Location::File { path } => (RegistryKey::Local(Mode::Buffered), path.to_string_lossy().into_owned()),
         Location::Direct { path } => (RegistryKey::Local(Mode::Direct), path.to_string_lossy().into_owned()),
     };
@@ -66,6 +84,9 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
         (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Arc::new(S3Backend::new(bucket, cfg).await?),
         (RegistryKey::Azure { .. }, Location::Azure { container, .. }) => {
             Arc::new(AzureBackend::new(container, cfg, &loc.to_uri()).await?)
+        }
+        (RegistryKey::Gcs { .. }, Location::Gcs { bucket, .. }) => {
+            Arc::new(GcsBackend::new(bucket, cfg, &loc.to_uri()).await?)
         }
         (RegistryKey::Local(mode), _) => Arc::new(LocalBackend::new(*mode)),
         _ => unreachable!("the registry key is derived from the location"),

@@ -1,4 +1,5 @@
-//! Parsing of `s3://bucket/key`, `az://container/blob`, `file:///path` and `direct:///path` URIs.
+//! Parsing of `s3://bucket/key`, `az://container/blob`, `gs://bucket/object`, `file:///path` and
+//! `direct:///path` URIs.
 //!
 //! Keys are taken literally (no percent-decoding): `s3://b/a b.txt` is the key `a b.txt`.
 
@@ -7,13 +8,14 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// The schemes served, for messages.
-const SCHEMES: &str = "s3://, az://, file://, direct://";
+const SCHEMES: &str = "s3://, az://, gs://, file://, direct://";
 
 /// A parsed storage location: an object, or a prefix for listing and bulk operations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Location {
     S3 { bucket: String, key: String },
     Azure { container: String, key: String },
+    Gcs { bucket: String, key: String },
     File { path: PathBuf },
     Direct { path: PathBuf },
 }
@@ -24,7 +26,7 @@ impl Location {
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
             Error::invalid_uri(
                 uri,
-                "expected a URI like s3://bucket/key, az://container/blob, file:///path or direct:///path",
+                "expected a URI like s3://bucket/key, az://container/blob, gs://bucket/object, file:///path or direct:///path",
             )
         })?;
         match scheme {
@@ -38,9 +40,14 @@ impl Location {
                 validate_container(uri, container)?;
                 Ok(Location::Azure { container: container.to_owned(), key: key.to_owned() })
             }
+            "gs" => {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                validate_gcs_bucket(uri, bucket)?;
+                Ok(Location::Gcs { bucket: bucket.to_owned(), key: key.to_owned() })
+            }
             "file" => Ok(Location::File { path: local_path(uri, rest)? }),
             "direct" => Ok(Location::Direct { path: local_path(uri, rest)? }),
-            "gs" | "gcs" | "http" | "https" => Err(Error::invalid_uri(
+            "gcs" | "http" | "https" => Err(Error::invalid_uri(
                 uri,
                 format!("the {scheme}:// scheme is not supported yet (supported: {SCHEMES})"),
             )),
@@ -52,7 +59,7 @@ impl Location {
     pub fn parse_object(uri: &str) -> Result<Self> {
         let loc = Location::parse(uri)?;
         match &loc {
-            Location::S3 { key, .. } | Location::Azure { key, .. }
+            Location::S3 { key, .. } | Location::Azure { key, .. } | Location::Gcs { key, .. }
                 if key.is_empty() || key.ends_with('/') =>
             {
                 Err(Error::invalid_uri(uri, "names a bucket or prefix, not an object"))
@@ -74,6 +81,9 @@ impl Location {
             Location::Azure { key, .. } if !key.trim_end_matches('/').is_empty() => {
                 return Err(Error::invalid_uri(uri, "names a blob; expected az://container"));
             }
+            Location::Gcs { key, .. } if !key.trim_end_matches('/').is_empty() => {
+                return Err(Error::invalid_uri(uri, "names an object; expected gs://bucket"));
+            }
             _ => {}
         }
         Ok(loc)
@@ -88,6 +98,9 @@ impl Location {
             Location::Azure { container, key } => {
                 Location::Azure { container: container.clone(), key: format!("{key}{suffix}") }
             }
+            Location::Gcs { bucket, key } => {
+                Location::Gcs { bucket: bucket.clone(), key: format!("{key}{suffix}") }
+            }
             Location::File { path } => Location::File { path: join_str(path, suffix) },
             Location::Direct { path } => Location::Direct { path: join_str(path, suffix) },
         }
@@ -98,6 +111,7 @@ impl Location {
         match self {
             Location::S3 { .. } => "s3",
             Location::Azure { .. } => "az",
+            Location::Gcs { .. } => "gs",
             Location::File { .. } => "file",
             Location::Direct { .. } => "direct",
         }
@@ -108,6 +122,7 @@ impl Location {
         match self {
             Location::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
             Location::Azure { container, key } => format!("az://{container}/{key}"),
+            Location::Gcs { bucket, key } => format!("gs://{bucket}/{key}"),
             Location::File { path } => format!("file://{}", path.display()),
             Location::Direct { path } => format!("direct://{}", path.display()),
         }
@@ -116,7 +131,7 @@ impl Location {
     /// The key (S3) or path string (file/direct) that prefix matching works on.
     pub fn key_str(&self) -> String {
         match self {
-            Location::S3 { key, .. } | Location::Azure { key, .. } => key.clone(),
+            Location::S3 { key, .. } | Location::Azure { key, .. } | Location::Gcs { key, .. } => key.clone(),
             Location::File { path } | Location::Direct { path } => path.to_string_lossy().into_owned(),
         }
     }
@@ -200,6 +215,31 @@ fn validate_container(uri: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// GCS bucket names: 3-63 characters (up to 222 with dots) of lowercase letters, digits, `-`, `_`
+/// and `.`, starting and ending with a letter or digit.
+fn validate_gcs_bucket(uri: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_uri(uri, "has no bucket name (expected gs://bucket/object)"));
+    }
+    let max = if name.contains('.') { 222 } else { 63 };
+    let ok_chars =
+        name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !(3..=max).contains(&name.len())
+        || !ok_chars
+        || !alnum(name.chars().next())
+        || !alnum(name.chars().last())
+    {
+        return Err(Error::invalid_uri(
+            uri,
+            format!(
+                "{name:?} is not a valid GCS bucket name (3-63 lowercase letters, digits, '-', '_' and '.')"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +263,16 @@ mod tests {
         assert_eq!(Location::parse("az://data-1/x").unwrap().to_uri(), "az://data-1/x");
         assert!(Location::parse_object("az://data-1/dir/").is_err());
         assert!(Location::parse_bucket("az://data-1/k").is_err());
+    }
+
+    #[test]
+    fn parses_gcs() {
+        assert_eq!(
+            Location::parse("gs://my_bucket.x/a/b").unwrap(),
+            Location::Gcs { bucket: "my_bucket.x".into(), key: "a/b".into() }
+        );
+        assert!(Location::parse_object("gs://bkt/dir/").is_err());
+        assert!(Location::parse_bucket("gs://bkt/k").is_err());
     }
 
     #[test]
