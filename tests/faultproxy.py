@@ -197,6 +197,8 @@ class FaultProxy:
         self.requests_seen = 0
         #: (method, path, Range header) of every request, in arrival order.
         self.request_log: list[tuple[str, str, str | None]] = []
+        #: The Authorization header of every request (None when absent), in arrival order.
+        self.auth_log: list[str | None] = []
         #: Most requests that were waiting for / receiving a response at the same time.
         self.max_in_flight = 0
         self._in_flight = 0
@@ -363,6 +365,7 @@ class FaultProxy:
                     self.request_log.append(
                         (parts[0], parts[1] if len(parts) > 1 else "", _header(headers, "range"))
                     )
+                    self.auth_log.append(_header(headers, "authorization"))
                 method = request_line.split(b" ", 1)[0]
                 expect = (_header(headers, "expect") or "").lower() == "100-continue"
                 if expect:  # answer 100 ourselves; the upstream never sees Expect
