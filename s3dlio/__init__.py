@@ -53,6 +53,10 @@ __all__ = [
     "RangeEngineConfig",
     "StorageConfig",
     "__version__",
+    "copy",
+    "copy_async",
+    "copy_tree",
+    "copy_tree_async",
     "crc32c",
     "create_bucket",
     "create_bucket_async",
@@ -335,6 +339,26 @@ def download(uri: str, local_dir: str | os.PathLike[str], *, config: StorageConf
     return _core.download(uri, _path(local_dir), _native(config))
 
 
+def copy(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+    """Copy one object to another URI, between any two schemes (``s3://`` to ``gs://``, a local
+    file to ``az://``, ...); returns the bytes copied.
+
+    Inside one S3 bucket or GCS bucket the store copies the object itself (CopyObject up to
+    5 GiB, GCS rewrite); otherwise it is streamed in ``part_size`` parts, so memory stays near
+    ``max_concurrency`` x ``part_size`` whatever the size. The destination appears whole or not
+    at all."""
+    return _core.copy(src_uri, dst_uri, _native(config))
+
+
+def copy_tree(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+    """Copy every object under the prefix ``src_uri`` to the same relative keys under
+    ``dst_uri``, between any two schemes; returns the object count.
+
+    The prefix is a directory, as for :func:`delete_prefix`: ``copy_tree("s3://b/ds", ...)``
+    copies ``ds/...``, never ``ds2/...``. Folder markers are not copied."""
+    return _core.copy_tree(src_uri, dst_uri, _native(config))
+
+
 def create_bucket(uri: str, *, config: StorageConfig | None = None) -> None:
     """Create a bucket (``s3://name``) or a directory (``file://``/``direct://``)."""
     _core.create_bucket(uri, _native(config))
@@ -415,6 +439,16 @@ async def delete_prefix_async(
 ) -> int:
     """Async :func:`delete_prefix`."""
     return await _core.delete_prefix_async(uri, _concurrency(max_concurrency), _native(config))
+
+
+async def copy_async(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+    """Async :func:`copy`."""
+    return await _core.copy_async(src_uri, dst_uri, _native(config))
+
+
+async def copy_tree_async(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+    """Async :func:`copy_tree`."""
+    return await _core.copy_tree_async(src_uri, dst_uri, _native(config))
 
 
 async def upload_async(

@@ -151,6 +151,10 @@ twin!(upload, upload_async, (local_dir: String, uri: String), [local_dir, uri, c
     |cfg| ops::upload(&local_dir, &uri, &cfg).await);
 twin!(download, download_async, (uri: String, local_dir: String), [uri, local_dir, config=None], usize,
     |cfg| ops::download(&uri, &local_dir, &cfg).await);
+twin!(copy, copy_async, (src_uri: String, dst_uri: String), [src_uri, dst_uri, config=None], u64,
+    |cfg| ops::copy(&src_uri, &dst_uri, &cfg).await);
+twin!(copy_tree, copy_tree_async, (src_uri: String, dst_uri: String), [src_uri, dst_uri, config=None], usize,
+    |cfg| ops::copy_tree(&src_uri, &dst_uri, &cfg).await);
 twin!(create_bucket, create_bucket_async, (uri: String), [uri, config=None], (),
     |cfg| ops::create_bucket(&uri, &cfg).await);
 twin!(delete_bucket, delete_bucket_async, (uri: String), [uri, config=None], (),
@@ -304,6 +308,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_async, m)?)?;
     m.add_function(wrap_pyfunction!(delete_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(delete_prefix_async, m)?)?;
+    m.add_function(wrap_pyfunction!(copy, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_async, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_tree_async, m)?)?;
     m.add_function(wrap_pyfunction!(upload, m)?)?;
     m.add_function(wrap_pyfunction!(upload_async, m)?)?;
     m.add_function(wrap_pyfunction!(download, m)?)?;

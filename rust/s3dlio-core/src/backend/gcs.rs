@@ -776,6 +776,30 @@ impl Backend for GcsBackend {
         256
     }
 
+    /// The rewrite API: the service copies the bytes (in as many calls as it asks for).
+    async fn copy_within(&self, src_key: &str, dst_key: &str, _size: u64) -> Result<bool> {
+        let uri = self.uri(dst_key);
+        let mut token: Option<String> = None;
+        loop {
+            let mut path =
+                format!("{}/rewriteTo/b/{}/o/{}", self.object_path(src_key), enc(&self.bucket), enc(dst_key));
+            if let Some(t) = &token {
+                let _ = write!(path, "?rewriteToken={}", enc(t));
+            }
+            let headers = [("content-type", "application/json".to_owned())];
+            let a =
+                self.call_retrying(Method::POST, &path, &headers, Bytes::from_static(b"{}"), &uri).await?;
+            let v = self.json(a, &uri).await?;
+            if v.get("done").and_then(Value::as_bool).unwrap_or(true) {
+                return Ok(true);
+            }
+            token = v.get("rewriteToken").and_then(Value::as_str).map(str::to_owned);
+            if token.is_none() {
+                return Err(Error::new(ErrorKind::Io, Some(&uri), "a rewrite not done and without a token"));
+            }
+        }
+    }
+
     async fn create_container(&self, _key: &str) -> Result<()> {
         let uri = format!("gs://{}", self.bucket);
         let project = self.account.project.clone().unwrap_or_else(|| "s3dlio".to_owned());

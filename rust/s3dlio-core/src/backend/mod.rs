@@ -74,6 +74,12 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Copy `src_key` (of `size` bytes) to `dst_key` inside this store, without the bytes
+    /// leaving it. `Ok(false)` (the default): the store cannot, and the caller streams the copy.
+    async fn copy_within(&self, _src_key: &str, _dst_key: &str, _size: u64) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Create the bucket (S3) or directory (local) this key names.
     async fn create_container(&self, key: &str) -> Result<()>;
 

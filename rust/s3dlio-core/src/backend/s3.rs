@@ -38,6 +38,12 @@ use crate::error::{Error, ErrorKind, Result, ServerDetail};
 use crate::runtime::context;
 use crate::types::{ByteRange, GetOptions, GetResult, ListPage, ObjectInfo, PartInfo, PutOptions};
 
+/// S3's CopyObject limit.
+const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+/// `x-amz-copy-source` is `bucket/key` with the key URL-encoded (its `/` kept).
+const COPY_SOURCE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
 /// The base64 CRC32C (Castagnoli) of `data`, as `x-amz-checksum-crc32c` carries it.
 fn crc32c(data: &[u8]) -> String {
     let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32;
@@ -553,6 +559,25 @@ impl Backend for S3Backend {
 
     fn delete_batch_limit(&self) -> usize {
         1000
+    }
+
+    /// CopyObject (one request, up to S3's 5 GiB limit; larger objects are streamed instead).
+    async fn copy_within(&self, src_key: &str, dst_key: &str, size: u64) -> Result<bool> {
+        if size > MAX_COPY_OBJECT {
+            return Ok(false);
+        }
+        let uri = self.uri(dst_key);
+        let source =
+            format!("{}/{}", self.bucket, percent_encoding::utf8_percent_encode(src_key, COPY_SOURCE));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(|e| map_sdk_err(e, &uri))?;
+        Ok(true)
     }
 
     async fn create_container(&self, _key: &str) -> Result<()> {

@@ -23,7 +23,7 @@ use crate::registry;
 use crate::types::{ByteRange, GetOptions, ListPage, ObjectInfo, PutOptions};
 use crate::uri::Location;
 
-pub use transfer::{download, upload};
+pub use transfer::{copy, copy_tree, download, upload};
 
 /// Bound `fut` by `limit`: past it, a `Timeout` error naming `uri`.
 pub(crate) async fn within<T>(

@@ -1,5 +1,6 @@
-//! Directory-tree transfers: `upload` (local tree -> any prefix) and `download` (any prefix ->
-//! local tree), written once as object-to-object copies between two backends.
+//! Transfers, written once as object-to-object copies between two backends: `upload` (local tree
+//! -> any prefix), `download` (any prefix -> local tree), `copy` (one object, any scheme to any
+//! scheme) and `copy_tree` (a prefix to a prefix).
 //!
 //! Files are streamed: a file below `multipart_threshold` is read whole and written in one
 //! request; a larger one moves in `part_size` parts (ranged reads into a multipart upload), so
@@ -47,7 +48,8 @@ fn safe_relative(rel: &str, uri: &str) -> Result<PathBuf> {
     Ok(p.to_path_buf())
 }
 
-/// Copy one object of `size` bytes from `src` to `dst`, streamed (see the module docs).
+/// Copy one object of `size` bytes from `src` to `dst`: inside one store, by the store itself
+/// where it can ([`Backend::copy_within`]); otherwise streamed (see the module docs).
 async fn copy_object(
     src: &dyn Backend,
     src_key: &str,
@@ -57,6 +59,12 @@ async fn copy_object(
     cfg: &StoreConfig,
     permits: &Semaphore,
 ) -> Result<()> {
+    if std::ptr::addr_eq(src as *const dyn Backend, dst as *const dyn Backend) {
+        let _permit = permits.acquire().await.map_err(|_| Error::cancelled())?;
+        if dst.copy_within(src_key, dst_key, size).await? {
+            return Ok(());
+        }
+    }
     let sized = |range| GetOptions { range, expected_size: Some(size), ..Default::default() };
     if size < cfg.multipart_threshold {
         let _permit = permits.acquire().await.map_err(|_| Error::cancelled())?;
@@ -157,6 +165,33 @@ pub async fn download(uri: &str, local_dir: &str, cfg: &StoreConfig) -> Result<u
         let target = root.join(rel);
         let target = target.to_str().ok_or_else(|| Error::invalid_uri(&o.uri, "not a UTF-8 path"))?;
         jobs.push((key.to_owned(), o.size, target.to_owned()));
+    }
+    copy_all(src, dst, jobs, cfg).await
+}
+
+/// Copy one object to another URI, on any two schemes (`s3://` to `gs://`, a local file to
+/// `az://`, ...). Inside one store, the store copies it itself where it can; otherwise it is
+/// streamed with memory bounded by `max_concurrency` x `part_size`. Returns the bytes copied.
+pub async fn copy(src_uri: &str, dst_uri: &str, cfg: &StoreConfig) -> Result<u64> {
+    let (src, src_key) = registry::resolve(&Location::parse_object(src_uri)?, cfg).await?;
+    let (dst, dst_key) = registry::resolve(&Location::parse_object(dst_uri)?, cfg).await?;
+    let size = operation(cfg, src_uri, src.head(&src_key)).await?.size;
+    copy_all(src, dst, vec![(src_key, size, dst_key)], cfg).await?;
+    Ok(size)
+}
+
+/// Copy every object under the directory prefix `src_uri` (`p` means `p/...`) to the same
+/// relative keys under `dst_uri`, on any two schemes. Folder markers are not copied. Returns the
+/// object count.
+pub async fn copy_tree(src_uri: &str, dst_uri: &str, cfg: &StoreConfig) -> Result<usize> {
+    let (src, src_key) = registry::resolve(&Location::parse(src_uri)?, cfg).await?;
+    let (dst, dst_key) = registry::resolve(&Location::parse(dst_uri)?, cfg).await?;
+    let (src_dir, dst_dir) = (dir_of(&src_key), dir_of(&dst_key));
+    let mut jobs = Vec::new();
+    for o in objects(src.as_ref(), &src_dir, cfg).await? {
+        let key = key_of(src.as_ref(), &o.uri)?;
+        let rel = relative_key(&src_dir, key, &o.uri)?;
+        jobs.push((key.to_owned(), o.size, format!("{dst_dir}{rel}")));
     }
     copy_all(src, dst, jobs, cfg).await
 }
