@@ -135,7 +135,8 @@ def _pytest(session: nox.Session, *, frameworks_required: bool) -> None:
     # TensorFlow run is accepted only when pytest arguments were given (`-k delete` may select none).
     env = {"CI": "true"} if frameworks_required else None
     tf_codes = [0] if frameworks_required or not session.posargs else [0, 5]
-    session.run("pytest", "--ignore=tests/test_tf.py", *session.posargs, env=env)
+    # --durations: the slowest tests, printed at the end, are where CI's time budget goes.
+    session.run("pytest", "--ignore=tests/test_tf.py", "--durations=30", *session.posargs, env=env)
     session.run("pytest", "tests/test_tf.py", *session.posargs, env=env, success_codes=tf_codes)
 
 
