@@ -410,3 +410,117 @@ def test_docs_backends_example_runs_as_written(
     finally:
         for uri in ("az://demo-train", "gs://demo-train-copy"):
             _drop(uri)
+
+
+# -------------------------------------------------------------------------------------------------
+# Azure: Microsoft Entra ID tokens (a service principal's secret, a managed identity's endpoint)
+# -------------------------------------------------------------------------------------------------
+
+
+class _EntraEndpoint(http.server.BaseHTTPRequestHandler):
+    """A real local token endpoint for both flows: the client-credentials grant (POST
+    /<tenant>/oauth2/v2.0/token) and a managed identity's endpoint (GET /msi, with its header)."""
+
+    protocol_version = "HTTP/1.1"
+    issued: list[str] = []  # noqa: RUF012
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        ok = (
+            self.path == "/tenant-1/oauth2/v2.0/token"
+            and form.get("grant_type") == ["client_credentials"]
+            and form.get("client_id") == ["app-1"]
+            and form.get("scope") == ["https://storage.azure.com/.default"]
+        )
+        if not ok or form.get("client_secret") != ["s3cret-value"]:
+            self._answer(
+                401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret"}
+            )
+            return
+        self.issued.append(f"sp-{len(self.issued) + 1}")
+        self._answer(200, {"access_token": self.issued[-1], "expires_in": 3599, "token_type": "Bearer"})
+
+    def do_GET(self) -> None:
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        if self.headers.get("X-IDENTITY-HEADER") != "id-header-1" or q.get("resource") != [
+            "https://storage.azure.com/"
+        ]:
+            self._answer(400, {"error": "invalid_request"})
+            return
+        self.issued.append(f"mi-{len(self.issued) + 1}")
+        self._answer(200, {"access_token": self.issued[-1], "expires_in": "3599", "token_type": "Bearer"})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def entra(azurite: LocalAzurite, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, FaultProxy]]:
+    """(token endpoint URL, a proxy in front of Azurite) with the account's key and connection
+    string out of the environment, so that s3dlio has only Entra ID credentials."""
+    _EntraEndpoint.issued = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EntraEndpoint)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    for k in list(os.environ):
+        if k.startswith("AZURE"):
+            monkeypatch.delenv(k)
+    with FaultProxy(azurite.blob_url) as proxy:
+        monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", azurite.account_name)
+        monkeypatch.setenv("AZURE_STORAGE_ENDPOINT", f"{proxy.endpoint}/{azurite.account_name}")
+        try:
+            yield f"http://127.0.0.1:{srv.server_address[1]}", proxy
+        finally:
+            srv.shutdown()
+            srv.server_close()
+
+
+def _bearer_requests(proxy: FaultProxy) -> set[str | None]:
+    return set(proxy.auth_log)
+
+
+@pytest.mark.parametrize("flow", ["service-principal", "managed-identity"])
+def test_entra_token_is_fetched_once_and_sent(
+    entra: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatch, flow: str
+) -> None:
+    """The token comes from the (real, local) endpoint once, and every request carries it.
+    Azurite without OAuth refuses bearer tokens: the answer is a PermissionError naming the URI."""
+    url, proxy = entra
+    if flow == "service-principal":
+        monkeypatch.setenv("AZURE_AUTHORITY_HOST", url)
+        monkeypatch.setenv("AZURE_TENANT_ID", "tenant-1")
+        monkeypatch.setenv("AZURE_CLIENT_ID", "app-1")
+        monkeypatch.setenv("AZURE_CLIENT_SECRET", "s3cret-value")
+        want = "sp-1"
+    else:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", f"{url}/msi")
+        monkeypatch.setenv("IDENTITY_HEADER", "id-header-1")
+        want = "mi-1"
+    for _ in range(2):
+        with pytest.raises(PermissionError) as ei:
+            s3dlio.get("az://some-container/blob")
+        assert "az://some-container/blob" in str(ei.value)
+        assert "s3cret-value" not in str(ei.value) and want not in str(ei.value)
+    assert _EntraEndpoint.issued == [want]
+    assert _bearer_requests(proxy) == {f"Bearer {want}"}
+
+
+def test_a_refused_service_principal_is_permission_error_without_the_secret(
+    entra: tuple[str, FaultProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, proxy = entra
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", url)
+    monkeypatch.setenv("AZURE_TENANT_ID", "tenant-1")
+    monkeypatch.setenv("AZURE_CLIENT_ID", "app-1")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "wrong-secret-value")
+    with pytest.raises(exc.AccessDeniedError) as ei:
+        s3dlio.get("az://some-container/blob")
+    assert "AADSTS7000215" in str(ei.value) and "wrong-secret-value" not in str(ei.value)
+    assert proxy.requests_seen == 0, "a request went out without a token"

@@ -29,13 +29,20 @@ const GCS_ENV: [&str; 5] = [
     "GCE_METADATA_HOST",
 ];
 /// The same for az://.
-const AZURE_ENV: [&str; 6] = [
+const AZURE_ENV: [&str; 13] = [
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCOUNT_NAME",
     "AZURE_STORAGE_ACCOUNT",
     "AZURE_STORAGE_ACCOUNT_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_STORAGE_ENDPOINT",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_AUTHORITY_HOST",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "AZURE_USE_MANAGED_IDENTITY",
 ];
 
 #[derive(Clone, PartialEq, Eq, Hash)]

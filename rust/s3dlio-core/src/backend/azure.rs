@@ -6,9 +6,11 @@
 //! path-normalising abstraction cannot express them. The Blob API can: `List Blobs` takes a
 //! string prefix, block ids are ours (derived from the part number), and blobs are any UTF-8 name.
 //!
-//! * Credentials: an account key (Shared Key signing), a SAS token, or none (public containers).
-//!   From the environment (`AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT_NAME` with
-//!   `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN`). Never printed.
+//! * Credentials: an account key (Shared Key signing), a SAS token, Microsoft Entra ID tokens (a
+//!   service principal's secret, or a managed identity), or none (public containers). From the
+//!   environment (`AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT_NAME` with
+//!   `AZURE_STORAGE_ACCOUNT_KEY` or `AZURE_STORAGE_SAS_TOKEN`; `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`
+//!   and `AZURE_CLIENT_SECRET`; `IDENTITY_ENDPOINT` or `AZURE_USE_MANAGED_IDENTITY`). Never printed.
 //! * Endpoint: `StorageConfig.endpoint_url`, else the connection string's `BlobEndpoint`, else
 //!   `AZURE_STORAGE_ENDPOINT`, else `https://<account>.blob.core.windows.net`. An emulator
 //!   (Azurite) is reached path-style: `http://127.0.0.1:10000/devstoreaccount1`.
@@ -19,6 +21,7 @@
 //!   blob; the service discards them (Azure has no abort call).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,23 +45,73 @@ const API_VERSION: &str = "2025-01-05";
 /// Blobs deleted concurrently inside one `delete_many` batch.
 const DELETE_CONCURRENCY: usize = 16;
 
+/// The OAuth2 resource (scope) of Azure Storage.
+const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
+
 /// How requests are authorised. Holds secrets: never printed.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 enum Auth {
     /// Shared Key: the account key, base64-decoded.
     SharedKey(Vec<u8>),
     /// A SAS token's query string (without the leading `?`).
     Sas(String),
+    /// Microsoft Entra ID (Azure AD) access tokens, cached.
+    Bearer(Arc<Entra>),
     Anonymous,
 }
 
+/// Where Entra ID tokens come from, and the cached one.
+struct Entra {
+    source: TokenSource,
+    cache: h::TokenCache,
+}
+
+enum TokenSource {
+    /// A service principal's secret (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`),
+    /// at `AZURE_AUTHORITY_HOST` (default `https://login.microsoftonline.com`).
+    ClientSecret { authority: String, tenant: String, client_id: String, secret: String },
+    /// A managed identity's endpoint: `IDENTITY_ENDPOINT` with `IDENTITY_HEADER` (App Service,
+    /// Functions, Arc), else the VM's instance metadata service.
+    ManagedIdentity { endpoint: String, header: Option<String>, client_id: Option<String> },
+}
+
 /// Everything that identifies one account and how to reach it. Holds secrets: never printed.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub(crate) struct AzureAccount {
     account: String,
     /// `scheme://host[:port][/account]`, no trailing `/`.
     endpoint: String,
     auth: Auth,
+}
+
+/// Entra ID credentials from the environment, the way Azure's SDKs read them: a service
+/// principal's secret, else a managed identity (`IDENTITY_ENDPOINT`, or `AZURE_USE_MANAGED_IDENTITY`
+/// for the VM's metadata service). `None`: none configured.
+fn entra_from_env() -> Option<TokenSource> {
+    if let (Some(tenant), Some(client_id), Some(secret)) =
+        (env("AZURE_TENANT_ID"), env("AZURE_CLIENT_ID"), env("AZURE_CLIENT_SECRET"))
+    {
+        let authority = env("AZURE_AUTHORITY_HOST")
+            .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        return Some(TokenSource::ClientSecret { authority, tenant, client_id, secret });
+    }
+    if let Some(endpoint) = env("IDENTITY_ENDPOINT") {
+        return Some(TokenSource::ManagedIdentity {
+            endpoint,
+            header: env("IDENTITY_HEADER"),
+            client_id: env("AZURE_CLIENT_ID"),
+        });
+    }
+    if env("AZURE_USE_MANAGED_IDENTITY").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        return Some(TokenSource::ManagedIdentity {
+            endpoint: "http://169.254.169.254/metadata/identity/oauth2/token".to_owned(),
+            header: None,
+            client_id: env("AZURE_CLIENT_ID"),
+        });
+    }
+    None
 }
 
 fn env(name: &str) -> Option<String> {
@@ -105,7 +158,10 @@ impl AzureAccount {
                 Error::new(ErrorKind::InvalidConfig, Some(uri), "the Azure account key is not valid base64")
             })?),
             (None, Some(s)) => Auth::Sas(s.trim_start_matches('?').to_owned()),
-            (None, None) => Auth::Anonymous,
+            (None, None) => match entra_from_env() {
+                Some(source) => Auth::Bearer(Arc::new(Entra { source, cache: h::TokenCache::default() })),
+                None => Auth::Anonymous,
+            },
         };
         let endpoint = cfg
             .endpoint_url
@@ -223,6 +279,10 @@ impl AzureBackend {
             let sig = aws_smithy_types::base64::encode(mac.finalize().into_bytes());
             hm.insert(http::header::AUTHORIZATION, hv(&format!("SharedKey {}:{sig}", self.account.account))?);
         }
+        if let Auth::Bearer(entra) = &self.account.auth {
+            let token = entra.cache.get(self.fetch_token(entra, uri)).await?;
+            hm.insert(http::header::AUTHORIZATION, hv(&format!("Bearer {token}"))?);
+        }
         let mut req = Request::builder().method(method).uri(&url);
         if let Some(h) = req.headers_mut() {
             *h = hm;
@@ -231,6 +291,42 @@ impl AzureBackend {
             Error::new(ErrorKind::InvalidUri, Some(uri), format!("cannot build the request: {e}"))
         })?;
         h::send(&self.http, req, self.read_timeout, uri).await
+    }
+
+    /// A new Entra ID access token for Azure Storage, and its lifetime.
+    async fn fetch_token(&self, entra: &Entra, uri: &str) -> Result<(String, Duration)> {
+        let bad = |e: http::Error| {
+            Error::new(ErrorKind::InvalidConfig, Some(uri), format!("bad token request: {e}"))
+        };
+        let (url, req) = match &entra.source {
+            TokenSource::ClientSecret { authority, tenant, client_id, secret } => {
+                let url = format!("{authority}/{}/oauth2/v2.0/token", enc(tenant, QUERY));
+                let body = format!(
+                    "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+                    enc(client_id, QUERY),
+                    enc(secret, QUERY),
+                    enc(&format!("{STORAGE_RESOURCE}.default"), QUERY)
+                );
+                let req = h::form_post(&url, body, uri)?;
+                (url, req)
+            }
+            TokenSource::ManagedIdentity { endpoint, header, client_id } => {
+                // App Service style (with its header) speaks api-version 2019-08-01; the VM's
+                // metadata service 2018-02-01 and wants `Metadata: true`.
+                let version = if header.is_some() { "2019-08-01" } else { "2018-02-01" };
+                let mut url =
+                    format!("{endpoint}?api-version={version}&resource={}", enc(STORAGE_RESOURCE, QUERY));
+                if let Some(id) = client_id {
+                    let _ = write!(url, "&client_id={}", enc(id, QUERY));
+                }
+                let mut req = Request::get(&url).header("metadata", "true");
+                if let Some(h) = header {
+                    req = req.header("x-identity-header", h);
+                }
+                (url.clone(), req.body(Full::new(Bytes::new())).map_err(bad)?)
+            }
+        };
+        h::fetch_token(&self.http, req, &url, self.read_timeout, uri).await
     }
 
     /// `send`, then turn an error status into an [`Error`] (reading the error body).

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -80,19 +80,13 @@ enum Auth {
     },
 }
 
-/// A cached access token and when to stop using it.
-struct Token {
-    value: String,
-    until: Instant,
-}
-
 /// One account's way to reach GCS. Shared by every bucket's backend under the same settings.
 struct Account {
     /// `scheme://host[:port]`, no trailing `/`.
     endpoint: String,
     auth: Auth,
     project: Option<String>,
-    token: tokio::sync::Mutex<Option<Token>>,
+    token: h::TokenCache,
 }
 
 impl Account {
@@ -116,7 +110,7 @@ impl Account {
             let host = env("GCE_METADATA_HOST").unwrap_or_else(|| "169.254.169.254".to_owned());
             Auth::Metadata { host }
         };
-        Ok(Account { endpoint, auth, project, token: tokio::sync::Mutex::new(None) })
+        Ok(Account { endpoint, auth, project, token: h::TokenCache::default() })
     }
 
     fn from_key_file(path: &str, uri: &str) -> Result<(Auth, Option<String>)> {
@@ -214,15 +208,7 @@ impl GcsBackend {
         if matches!(self.account.auth, Auth::Anonymous) {
             return Ok(None);
         }
-        let mut cached = self.account.token.lock().await;
-        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.until) {
-            return Ok(Some(t.value.clone()));
-        }
-        let (value, lifetime) = self.fetch_token(uri).await?;
-        // Refreshed a minute early, so a token never expires in flight.
-        let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
-        *cached = Some(Token { value: value.clone(), until });
-        Ok(Some(value))
+        self.account.token.get(self.fetch_token(uri)).await.map(Some)
     }
 
     async fn fetch_token(&self, uri: &str) -> Result<(String, Duration)> {
@@ -253,7 +239,7 @@ impl GcsBackend {
                     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={signing_input}.{}",
                     b64url(&sig)
                 );
-                (token_uri.clone(), form_post(token_uri, body, uri)?)
+                (token_uri.clone(), h::form_post(token_uri, body, uri)?)
             }
             Auth::AuthorizedUser { client_id, client_secret, refresh_token, token_uri } => {
                 let body = format!(
@@ -262,7 +248,7 @@ impl GcsBackend {
                     enc(client_secret),
                     enc(refresh_token)
                 );
-                (token_uri.clone(), form_post(token_uri, body, uri)?)
+                (token_uri.clone(), h::form_post(token_uri, body, uri)?)
             }
             Auth::Metadata { host } => {
                 let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
@@ -273,32 +259,7 @@ impl GcsBackend {
                 (url, req)
             }
         };
-        let a = h::send(&self.http, req, self.read_timeout, uri).await.map_err(|e| {
-            Error::new(e.kind(), Some(uri), format!("no GCS access token from {url}: {}", e.message()))
-        })?;
-        let status = a.status;
-        let body = a.bytes(self.read_timeout, uri).await?;
-        if !status.is_success() {
-            // The token endpoint's error text names the problem (never the key).
-            let text = String::from_utf8_lossy(&body);
-            let kind = if status.as_u16() >= 500 { ErrorKind::Io } else { ErrorKind::PermissionDenied };
-            return Err(Error::new(
-                kind,
-                Some(uri),
-                format!(
-                    "the token endpoint {url} refused: HTTP {status}: {}",
-                    text.chars().take(300).collect::<String>()
-                ),
-            ));
-        }
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| Error::new(ErrorKind::Io, Some(uri), format!("token response is not JSON: {e}")))?;
-        let token = v
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::new(ErrorKind::Io, Some(uri), "token response without access_token"))?;
-        let secs = v.get("expires_in").and_then(Value::as_u64).unwrap_or(300);
-        Ok((token.to_owned(), Duration::from_secs(secs)))
+        h::fetch_token(&self.http, req, &url, self.read_timeout, uri).await
     }
 
     /// Send one request (no retries): `path_and_query` under the endpoint.
@@ -585,14 +546,6 @@ impl GcsBackend {
         let a = self.call_retrying(Method::POST, &path, &headers, Bytes::from(body.to_string()), uri).await?;
         self.json(a, uri).await
     }
-}
-
-fn form_post(url: &str, body: String, uri: &str) -> Result<Request<Full<Bytes>>> {
-    Request::post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("content-length", body.len())
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| Error::new(ErrorKind::InvalidConfig, Some(uri), format!("bad token URI {url}: {e}")))
 }
 
 /// JSON numbers GCS sends as strings (`"size": "123"`) or as numbers.

@@ -233,3 +233,69 @@ pub(crate) async fn fill_range(
     }
     Ok(())
 }
+
+/// An OAuth2 access token, cached until a minute before it expires (so it never expires in
+/// flight). Holds a secret: never printed.
+#[derive(Default)]
+pub(crate) struct TokenCache(tokio::sync::Mutex<Option<(String, std::time::Instant)>>);
+
+impl TokenCache {
+    /// The cached token, or a new one from `fetch` (`(token, lifetime)`).
+    pub async fn get<F: Future<Output = Result<(String, Duration)>>>(&self, fetch: F) -> Result<String> {
+        let mut cached = self.0.lock().await;
+        if let Some((t, _)) = cached.as_ref().filter(|(_, until)| std::time::Instant::now() < *until) {
+            return Ok(t.clone());
+        }
+        let (token, lifetime) = fetch.await?;
+        let until = std::time::Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
+        *cached = Some((token.clone(), until));
+        Ok(token)
+    }
+}
+
+/// Send a token request to `url` and read `access_token` and `expires_in` (a number or a string)
+/// from its JSON answer. A refusal is a `PermissionDenied` error quoting the endpoint's answer
+/// (which never holds the credential sent).
+pub(crate) async fn fetch_token(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    url: &str,
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<(String, Duration)> {
+    let a = send(client, req, read_timeout, uri).await.map_err(|e| {
+        Error::new(e.kind(), Some(uri), format!("no access token from {url}: {}", e.message()))
+    })?;
+    let status = a.status;
+    let body = a.bytes(read_timeout, uri).await?;
+    if !status.is_success() {
+        let text: String = String::from_utf8_lossy(&body).chars().take(300).collect();
+        let kind = if status.as_u16() >= 500 { ErrorKind::Io } else { ErrorKind::PermissionDenied };
+        return Err(Error::new(
+            kind,
+            Some(uri),
+            format!("the token endpoint {url} refused: HTTP {status}: {text}"),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::new(ErrorKind::Io, Some(uri), format!("token response is not JSON: {e}")))?;
+    let token = v
+        .get("access_token")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Error::new(ErrorKind::Io, Some(uri), "token response without access_token"))?;
+    let secs = match v.get("expires_in") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    Ok((token.to_owned(), Duration::from_secs(secs.unwrap_or(300))))
+}
+
+/// A `application/x-www-form-urlencoded` POST of `body` to `url`.
+pub(crate) fn form_post(url: &str, body: String, uri: &str) -> Result<Request<Full<Bytes>>> {
+    Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("content-length", body.len())
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| Error::new(ErrorKind::InvalidConfig, Some(uri), format!("bad token URI {url}: {e}")))
+}
