@@ -27,7 +27,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::Full;
@@ -717,16 +716,11 @@ impl Backend for AzureBackend {
         if dst.is_empty() {
             return Ok(None);
         }
-        let mut n = 1;
-        loop {
-            match self.get_into_once(key, offset, dst, opts).await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(h::backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        h::retry_loop!(
+            self.max_attempts,
+            self.initial_backoff,
+            self.get_into_once(key, offset, dst, opts).await
+        )
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
@@ -758,19 +752,11 @@ impl Backend for AzureBackend {
     fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
         let me = self.clone_handle();
         let prefix = prefix.to_owned();
-        // State: Some(marker) while pages remain (None marker: the first page).
-        futures::stream::unfold(Some(None::<String>), move |state| {
+        h::paged(move |marker| {
             let me = me.clone_handle();
             let prefix = prefix.clone();
-            async move {
-                let marker = state?;
-                match me.list_page(&prefix, delimiter, marker).await {
-                    Ok((page, next)) => Some((Ok(page), next.map(Some))),
-                    Err(e) => Some((Err(e), None)),
-                }
-            }
+            async move { me.list_page(&prefix, delimiter, marker).await }
         })
-        .boxed()
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -788,14 +774,7 @@ impl Backend for AzureBackend {
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
-        let n = keys.len();
-        let mut results =
-            futures::stream::iter(keys.into_iter().map(|k| async move { self.delete(&k).await }))
-                .buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        Ok(n)
+        h::delete_each(keys, DELETE_CONCURRENCY, |k| async move { self.delete(&k).await }).await
     }
 
     fn delete_batch_limit(&self) -> usize {

@@ -653,16 +653,11 @@ impl Backend for GcsBackend {
         if dst.is_empty() {
             return Ok(None);
         }
-        let mut n = 1;
-        loop {
-            match self.get_into_once(key, offset, dst, opts).await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(h::backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        h::retry_loop!(
+            self.max_attempts,
+            self.initial_backoff,
+            self.get_into_once(key, offset, dst, opts).await
+        )
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
@@ -695,18 +690,11 @@ impl Backend for GcsBackend {
     fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
         let me = self.handle();
         let prefix = prefix.to_owned();
-        futures::stream::unfold(Some(None::<String>), move |state| {
+        h::paged(move |token| {
             let me = me.handle();
             let prefix = prefix.clone();
-            async move {
-                let token = state?;
-                match me.list_page(&prefix, delimiter, token).await {
-                    Ok((page, next)) => Some((Ok(page), next.map(Some))),
-                    Err(e) => Some((Err(e), None)),
-                }
-            }
+            async move { me.list_page(&prefix, delimiter, token).await }
         })
-        .boxed()
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
@@ -715,14 +703,7 @@ impl Backend for GcsBackend {
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
-        let n = keys.len();
-        let mut results =
-            futures::stream::iter(keys.into_iter().map(|k| async move { self.delete(&k).await }))
-                .buffer_unordered(DELETE_CONCURRENCY);
-        while let Some(r) = results.next().await {
-            r?;
-        }
-        Ok(n)
+        h::delete_each(keys, DELETE_CONCURRENCY, |k| async move { self.delete(&k).await }).await
     }
 
     fn delete_batch_limit(&self) -> usize {

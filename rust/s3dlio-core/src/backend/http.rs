@@ -299,3 +299,55 @@ pub(crate) fn form_post(url: &str, body: String, uri: &str) -> Result<Request<Fu
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Error::new(ErrorKind::InvalidConfig, Some(uri), format!("bad token URI {url}: {e}")))
 }
+
+/// `attempt` (an expression, evaluated again for each attempt) until it succeeds or fails for
+/// good, at most `max` attempts, with [`backoff`] in between: [`retrying`] for attempts that
+/// borrow mutably (a destination buffer), which a closure cannot hand out again.
+macro_rules! retry_loop {
+    ($max:expr, $base:expr, $attempt:expr) => {{
+        let mut n = 1;
+        loop {
+            match $attempt {
+                Err(e) if e.is_transient() && n < $max => {
+                    tokio::time::sleep($crate::backend::http::backoff($base, n)).await;
+                    n += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retry_loop;
+
+/// A listing as a stream of pages: `page(marker)` fetches the page after `marker` (`None`: the
+/// first) and returns it with the next marker (`None`: the last page).
+pub(crate) fn paged<F, Fut>(page: F) -> futures::stream::BoxStream<'static, Result<crate::types::ListPage>>
+where
+    F: Fn(Option<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(crate::types::ListPage, Option<String>)>> + Send + 'static,
+{
+    use futures::StreamExt;
+    futures::stream::unfold((Some(None::<String>), page), |(state, page)| async move {
+        let marker = state?;
+        match page(marker).await {
+            Ok((items, next)) => Some((Ok(items), (next.map(Some), page))),
+            Err(e) => Some((Err(e), (None, page))),
+        }
+    })
+    .boxed()
+}
+
+/// Run `delete` for every key, `concurrency` at a time; the first failure is the error.
+pub(crate) async fn delete_each<F, Fut>(keys: Vec<String>, concurrency: usize, delete: F) -> Result<usize>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    use futures::StreamExt;
+    let n = keys.len();
+    let mut results = futures::stream::iter(keys.into_iter().map(delete)).buffer_unordered(concurrency);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(n)
+}

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
+use super::http::backoff;
 use super::{Backend, MultipartUpload};
 use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
 use crate::config::StoreConfig;
@@ -388,16 +389,11 @@ impl Backend for S3Backend {
         if dst.is_empty() {
             return Ok(None);
         }
-        let mut n = 1;
-        loop {
-            match self.get_into_once(key, offset, dst, opts).await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        super::http::retry_loop!(
+            self.max_attempts,
+            self.initial_backoff,
+            self.get_into_once(key, offset, dst, opts).await
+        )
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
@@ -855,16 +851,6 @@ impl Body {
             }
         }
     }
-}
-
-/// Jittered exponential backoff before retry number `attempt` (1-based): uniform in
-/// [base * 2^(attempt-1) / 2, base * 2^(attempt-1)], capped at 20 s.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let full = base.saturating_mul(1u32 << (attempt - 1).min(16)).min(Duration::from_secs(20));
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let jitter = f64::from(nanos % 1000) / 1000.0; // cheap, good enough to de-synchronise retries
-    full.mul_f64(0.5 + 0.5 * jitter)
 }
 
 /// Total object size from a `Content-Range: bytes a-b/total` header.
