@@ -41,6 +41,9 @@ use crate::types::{ByteRange, GetOptions, GetResult, ListPage, ObjectInfo, PartI
 
 /// The REST API version every request asks for (Azurite 3.3x serves it).
 const API_VERSION: &str = "2025-01-05";
+/// Blobs per listing page (the service allows 5,000): 1,000 as on S3 and GCS, so a listing's
+/// first results arrive as soon, and the conformance suite's 1,110 keys cross a page boundary.
+const LIST_PAGE: usize = 1000;
 /// Blobs deleted concurrently inside one `delete_many` batch.
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -476,7 +479,7 @@ impl AzureBackend {
         if let Some(m) = marker {
             query.push(("marker", m));
         }
-        query.push(("maxresults", "5000".to_owned()));
+        query.push(("maxresults", LIST_PAGE.to_string()));
         let a = self.call_retrying(Method::GET, "", &query, &[], Bytes::new(), &uri).await?;
         let buf = a.bytes(self.read_timeout, &uri).await?;
         let text = String::from_utf8(buf.to_vec())
