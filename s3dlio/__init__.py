@@ -343,8 +343,8 @@ def copy(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> 
     """Copy one object to another URI, between any two schemes (``s3://`` to ``gs://``, a local
     file to ``az://``, ...); returns the bytes copied.
 
-    Inside one S3 bucket or GCS bucket the store copies the object itself (CopyObject up to
-    5 GiB, GCS rewrite); otherwise it is streamed in ``part_size`` parts, so memory stays near
+    Inside one S3 bucket, Azure container or GCS bucket the store copies the object itself
+    (CopyObject up to 5 GiB, Copy Blob with an account key or SAS, GCS rewrite); otherwise it is streamed in ``part_size`` parts, so memory stays near
     ``max_concurrency`` x ``part_size`` whatever the size. The destination appears whole or not
     at all."""
     return _core.copy(src_uri, dst_uri, _native(config))

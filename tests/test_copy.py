@@ -12,7 +12,7 @@ import pytest
 import s3dlio
 from faultproxy import FaultProxy
 from helpers import MiB, rel
-from s3dlio.testing import LocalS3Server
+from s3dlio.testing import LocalAzurite, LocalS3Server
 
 CFG = s3dlio.StorageConfig(part_size=5 * MiB, multipart_threshold=5 * MiB)
 
@@ -94,3 +94,19 @@ def test_copy_async(request: pytest.FixtureRequest, tmp_path: Path) -> None:
 
     assert asyncio.run(main()) == (5, 1)
     assert bytes(s3dlio.get(dst_root + "tree/a")) == b"12345"
+
+
+def test_copy_inside_one_azure_container_is_done_by_the_service(
+    az_container: str, azurite: LocalAzurite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copy Blob: the bytes never come to the client (no GET of the source on the wire)."""
+    data = os.urandom(3 * MiB)
+    s3dlio.put(f"az://{az_container}/src", data)
+    with FaultProxy(azurite.blob_url) as proxy:
+        cfg = s3dlio.StorageConfig(endpoint_url=f"{proxy.endpoint}/{azurite.account_name}")
+        assert s3dlio.copy(f"az://{az_container}/src", f"az://{az_container}/dst", config=cfg) == len(data)
+        methods = [(m, p.split("?")[0]) for m, p, _ in proxy.request_log]
+    base = f"/{azurite.account_name}/{az_container}"
+    assert ("GET", f"{base}/src") not in methods, methods
+    assert ("PUT", f"{base}/dst") in methods, methods
+    assert bytes(s3dlio.get(f"az://{az_container}/dst")) == data
