@@ -9,6 +9,7 @@ right place in the epoch's order.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
 import itertools
@@ -17,6 +18,7 @@ import pickle
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -129,9 +131,33 @@ def s3_prefix(s3_server: Any) -> Iterator[str]:
         yield prefix
 
 
-@pytest.fixture(params=["file", "s3"])
+def _cloud_prefix(scheme: str) -> Iterator[str]:
+    """A fresh container (az://) or bucket (gs://) holding the shared dataset; removed after."""
+    name = f"dl-{uuid.uuid4().hex[:12]}"
+    s3dlio.create_bucket(f"{scheme}://{name}")
+    try:
+        prefix = f"{scheme}://{name}/data/"
+        write_indexed(prefix, N, SIZE)
+        yield prefix
+    finally:
+        with contextlib.suppress(Exception):
+            s3dlio.delete_prefix(f"{scheme}://{name}/")
+            s3dlio.delete_bucket(f"{scheme}://{name}")
+
+
+@pytest.fixture(scope="module")
+def az_prefix(azurite: Any) -> Iterator[str]:
+    yield from _cloud_prefix("az")
+
+
+@pytest.fixture(scope="module")
+def gs_prefix(fake_gcs: Any) -> Iterator[str]:
+    yield from _cloud_prefix("gs")
+
+
+@pytest.fixture(params=["file", "s3", "az", "gs"])
 def prefix(request: pytest.FixtureRequest) -> str:
-    """A prefix holding objects 00000.bin .. 00299.bin of SIZE bytes, on each backend."""
+    """A prefix holding objects 00000.bin .. 00299.bin of SIZE bytes, on each backend (file, s3, az, gs)."""
     return str(request.getfixturevalue(f"{request.param}_prefix"))
 
 
