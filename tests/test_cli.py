@@ -1,0 +1,148 @@
+"""The ``s3dlio`` command, run as a user would: a real process, from another working directory,
+with relative local paths, against the real servers the suite starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import s3dlio
+
+MiB = 1024 * 1024
+
+
+def run(
+    *args: str, cwd: Path, stdin: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    p = subprocess.run(
+        [sys.executable, "-P", "-m", "s3dlio", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert p.returncode == 0, (args, p.returncode, p.stderr.decode())
+    return p
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "s3dlio"
+    assert script.exists(), "pip install did not install the s3dlio command"
+    p = subprocess.run([str(script), "--version"], capture_output=True, check=True, timeout=60)
+    assert p.stdout.decode().startswith("s3dlio ")
+
+
+def test_cp_tree_ls_stat_cat_du_rm_with_relative_paths(root: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "ds" / "sub").mkdir(parents=True)
+    (work / "ds" / "a.txt").write_bytes(b"hello\n")
+    big = os.urandom(3 * MiB + 5)
+    (work / "ds" / "sub" / "big.bin").write_bytes(big)
+    (work / "ds2.txt").write_bytes(b"sibling")
+    run("cp", "-r", "ds", root + "ds", "--part-size", str(5 * MiB), cwd=work)
+    run("cp", "ds2.txt", root + "ds2.txt", cwd=work)
+
+    # ls takes the prefix as a string, as listings do (`ds` lists ds2.txt too); `ds/` is the directory.
+    listed = run("ls", "-r", root + "ds", cwd=work).stdout.decode().split()
+    assert listed == [root + "ds/a.txt", root + "ds/sub/big.bin", root + "ds2.txt"]
+    one_level = sorted(run("ls", root + "ds/", cwd=work).stdout.decode().split())
+    assert one_level == [root + "ds/a.txt", root + "ds/sub/"]
+    records = [json.loads(ln) for ln in run("--json", "ls", "-r", root + "ds/", cwd=work).stdout.splitlines()]
+    assert [(r["uri"], r["size"]) for r in records] == [
+        (root + "ds/a.txt", 6),
+        (root + "ds/sub/big.bin", len(big)),
+    ]
+    assert run("ls", root + "ds/*.txt", cwd=work).stdout.decode().split() == [root + "ds/a.txt"]
+    st = json.loads(run("--json", "stat", root + "ds/sub/big.bin", cwd=work).stdout)
+    assert st["size"] == len(big) and st["is_dir"] is False
+
+    assert run("cat", root + "ds/a.txt", cwd=work).stdout == b"hello\n"
+    assert run("cat", "--range", "1:3", root + "ds/a.txt", cwd=work).stdout == b"ell"
+    assert run("cat", root + "ds/sub/big.bin", cwd=work).stdout == big
+    du = json.loads(run("--json", "du", root + "ds", cwd=work).stdout)
+    assert (du["objects"], du["bytes"]) == (2, 6 + len(big))
+
+    # Download into a relative directory: `cp obj dir/` keeps the name.
+    (work / "out").mkdir()
+    run("cp", root + "ds/a.txt", "out/", cwd=work)
+    assert (work / "out" / "a.txt").read_bytes() == b"hello\n"
+
+    # rm -r: the prefix is a directory (ds, never ds2.txt); without a terminal it needs --yes.
+    refused = run("rm", "-r", root + "ds", cwd=work, check=False)
+    assert refused.returncode == 2 and b"--yes" in refused.stderr
+    dry = run("rm", "-r", "--dry-run", root + "ds", cwd=work).stdout.decode()
+    assert dry.count("would delete") == 2
+    assert json.loads(run("--json", "rm", "-r", "--yes", root + "ds", cwd=work).stdout)["deleted"] == 2
+    assert bytes(s3dlio.get(root + "ds2.txt")) == b"sibling"
+    assert not s3dlio.exists(root + "ds/a.txt")
+
+
+def test_stdin_and_stdout(bucket: str, tmp_path: Path) -> None:
+    data = os.urandom(9 * MiB + 3)
+    run("cp", "-", f"s3://{bucket}/piped", "--part-size", str(5 * MiB), cwd=tmp_path, stdin=data)
+    assert bytes(s3dlio.get(f"s3://{bucket}/piped")) == data
+    assert run("cp", f"s3://{bucket}/piped", "-", cwd=tmp_path).stdout == data
+
+
+def test_cat_into_head_exits_quietly(bucket: str, tmp_path: Path) -> None:
+    s3dlio.put(f"s3://{bucket}/big", os.urandom(20 * MiB))
+    p = subprocess.run(  # noqa: S602 - a pipeline into head is the point
+        f"{sys.executable} -P -m s3dlio cat s3://{bucket}/big | head -c 10 | wc -c",
+        shell=True,
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert p.stdout.strip() == b"10", p
+    assert b"Traceback" not in p.stderr and b"Broken pipe" not in p.stderr, p.stderr
+
+
+def test_cp_tree_filters_and_no_clobber(bucket: str, tmp_path: Path) -> None:
+    for k in ("t/a.bin", "t/b.txt", "t/sub/c.bin"):
+        s3dlio.put(f"s3://{bucket}/{k}", k.encode())
+    s3dlio.put(f"s3://{bucket}/copy/a.bin", b"keep me")
+    run(
+        "cp", "-r", "--include", "*.bin", "--exclude", "sub/*", "--no-clobber", "-j", "4",
+        f"s3://{bucket}/t", f"s3://{bucket}/copy", cwd=tmp_path,
+    )  # fmt: skip
+    got = {
+        o.uri.rsplit("/copy/", 1)[1]: bytes(s3dlio.get(o.uri)) for o in s3dlio.list(f"s3://{bucket}/copy/")
+    }
+    assert got == {"a.bin": b"keep me"}, got
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["stat", "s3://{bucket}/missing"], 3, b"not found"),
+        (["ls", "ftp://x/y"], 2, b"unknown scheme"),
+        (["cat", "--range", "x:y", "s3://{bucket}/k"], 2, b"OFFSET:LENGTH"),
+        (["cp", "-", "-"], 2, b"both be '-'"),
+    ],
+)
+def test_errors_are_one_line_with_meaningful_exit_codes(
+    bucket: str, tmp_path: Path, args: list[str], code: int, needle: bytes
+) -> None:
+    p = run(*[a.format(bucket=bucket) for a in args], cwd=tmp_path, check=False)
+    assert p.returncode == code, p
+    assert p.stderr.startswith(b"s3dlio: error: ") and needle in p.stderr, p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_mb_and_rb_force(s3_server: object, tmp_path: Path) -> None:
+    name = f"cli-{os.getpid()}-{tmp_path.name[-8:].lower().replace('_', '-')}"
+    run("mb", f"s3://{name}", cwd=tmp_path)
+    s3dlio.put(f"s3://{name}/x", b"x")
+    refused = run("rb", f"s3://{name}", cwd=tmp_path, check=False)
+    assert refused.returncode == 1 and b"not empty" in refused.stderr, refused
+    assert s3dlio.exists(f"s3://{name}/x")
+    run("rb", "--force", f"s3://{name}", cwd=tmp_path)
+    assert run("ls", f"s3://{name}/", cwd=tmp_path, check=False).returncode == 3
