@@ -1,4 +1,4 @@
-"""The ``s3dlio`` command: ls, stat, cat, cp, rm, mb, rb and du on every scheme s3dlio serves.
+"""The ``s3dlio`` command: ls, stat, cat, cp, sync, rm, mb, rb and du on every scheme s3dlio serves.
 
 Arguments are URIs (``s3://``, ``az://``, ``gs://``, ``file://``, ``direct://``) or local paths
 (relative to the current directory); ``-`` is stdin or stdout for ``cp``. Every command that prints
@@ -208,6 +208,46 @@ def cmd_cp(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     return 0
 
 
+def cmd_sync(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
+    """Copy what is missing at the destination or differs: the size, then (between two stores of
+    one kind) the ETag, else the modification time (a source newer by more than a second)."""
+    import s3dlio
+
+    src_dir, dst_dir = _uri(a.src).rstrip("/") + "/", _uri(a.dst).rstrip("/") + "/"
+    src = {o.uri[len(src_dir) :]: o for o in _under(src_dir, cfg) if not o.is_dir}
+    dst = {o.uri[len(dst_dir) :]: o for o in _under(dst_dir, cfg) if not o.is_dir}
+    same_kind = src_dir.split("://")[0] == dst_dir.split("://")[0]
+
+    def differs(s: Any, d: Any) -> bool:
+        if s.size != d.size:
+            return True
+        if same_kind and s.etag and d.etag and not src_dir.startswith(("file://", "direct://")):
+            return bool(s.etag != d.etag)
+        # Newer by more than a second: stores keep whole seconds, local files fractions.
+        return bool(s.last_modified and d.last_modified and s.last_modified > d.last_modified + 1.0)
+
+    todo = sorted(k for k, o in src.items() if k not in dst or differs(o, dst[k]))
+    extra = sorted(set(dst) - set(src)) if a.delete else []
+    for k in todo:
+        out.record(
+            {"action": "copy", "src": src_dir + k, "dst": dst_dir + k}, f"copy {src_dir + k} -> {dst_dir + k}"
+        )
+    for k in extra:
+        out.record({"action": "delete", "uri": dst_dir + k}, f"delete {dst_dir + k}")
+    if a.dry_run:
+        out.note(f"dry run: {len(todo)} to copy, {len(extra)} to delete")
+        return 0
+
+    def one(k: str) -> None:
+        s3dlio.copy(src_dir + k, dst_dir + k, config=cfg)
+
+    with ThreadPoolExecutor(max(1, min(a.jobs or 16, 64))) as ex:
+        builtins.list(ex.map(one, todo))
+        builtins.list(ex.map(lambda k: s3dlio.delete(dst_dir + k, config=cfg), extra))
+    out.note(f"{len(todo)} copied, {len(extra)} deleted, {len(src) - len(todo)} up to date")
+    return 0
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
@@ -347,6 +387,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="requests in flight (max_concurrency)")
     sp.add_argument("--part-size", type=int, help="bytes per part of large objects")
     sp.add_argument("--no-clobber", action="store_true", help="never overwrite an existing destination")
+    sp = add("sync", cmd_sync, "copy what is missing or differs (size, then ETag or mtime) from SRC to DST")
+    sp.add_argument("src")
+    sp.add_argument("dst")
+    sp.add_argument("--delete", action="store_true", help="also delete what DST has and SRC has not")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be copied and deleted")
+    sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="objects copied at once")
     sp = add("rm", cmd_rm, "delete one object, or with -r a prefix (a directory: p and p/..., never p2)")
     sp.add_argument("uri")
     sp.add_argument("-r", "--recursive", action="store_true")

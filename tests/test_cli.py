@@ -146,3 +146,31 @@ def test_mb_and_rb_force(s3_server: object, tmp_path: Path) -> None:
     assert s3dlio.exists(f"s3://{name}/x")
     run("rb", "--force", f"s3://{name}", cwd=tmp_path)
     assert run("ls", f"s3://{name}/", cwd=tmp_path, check=False).returncode == 3
+
+
+def test_sync_copies_what_is_missing_or_different_and_deletes_with_delete(root: str, tmp_path: Path) -> None:
+    """sync from a local directory (relative path) to every backend: the first run copies all,
+    a second run nothing, a changed size is copied again, --delete removes the extra object, and
+    --dry-run changes nothing."""
+    work = tmp_path / "w"
+    (work / "src" / "sub").mkdir(parents=True)
+    for name, data in {"a.bin": b"a" * 10, "sub/b.bin": b"b" * 20}.items():
+        (work / "src" / name).write_bytes(data)
+    s3dlio.put(root + "dst/stale.bin", b"x")
+
+    def plan(*extra: str) -> list[dict[str, str]]:
+        p = run("--json", "sync", *extra, "src", root + "dst", cwd=work)
+        return [json.loads(ln) for ln in p.stdout.splitlines()]
+
+    assert sorted(r["dst"].rsplit("/dst/", 1)[1] for r in plan()) == ["a.bin", "sub/b.bin"]
+    assert plan() == []  # up to date
+    (work / "src" / "a.bin").write_bytes(b"a" * 11)
+    dry = plan("--delete", "--dry-run")
+    assert {(r["action"], (r.get("dst") or r["uri"]).rsplit("/dst/", 1)[1]) for r in dry} == {
+        ("copy", "a.bin"),
+        ("delete", "stale.bin"),
+    }
+    assert bytes(s3dlio.get(root + "dst/a.bin")) == b"a" * 10  # the dry run changed nothing
+    plan("--delete")
+    got = {o.uri.rsplit("/dst/", 1)[1]: bytes(s3dlio.get(o.uri)) for o in s3dlio.list(root + "dst/")}
+    assert got == {"a.bin": b"a" * 11, "sub/b.bin": b"b" * 20}
