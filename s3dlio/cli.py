@@ -1,4 +1,5 @@
-"""The ``s3dlio`` command: ls, stat, cat, cp, sync, rm, mb, rb and du on every scheme s3dlio serves.
+"""The ``s3dlio`` command: ls, stat, cat, cp, sync, rm, mb, rb, du and gen on every scheme s3dlio
+serves.
 
 Arguments are URIs (``s3://``, ``az://``, ``gs://``, ``file://``, ``direct://``) or local paths
 (relative to the current directory); ``-`` is stdin or stdout for ``cp``. Every command that prints
@@ -248,6 +249,54 @@ def cmd_sync(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     return 0
 
 
+def _sizes(spec: str, count: int, seed: int) -> builtins.list[int]:
+    """``N`` (every object N bytes) or ``MIN-MAX`` (uniform in [MIN, MAX], seeded)."""
+    import numpy as np
+
+    try:
+        if "-" in spec:
+            lo, hi = (int(x) for x in spec.split("-", 1))
+            if not 0 <= lo <= hi:
+                raise ValueError
+            return [int(x) for x in np.random.default_rng([seed, 1]).integers(lo, hi + 1, count)]
+        n = int(spec)
+        if n < 0:
+            raise ValueError
+        return [n] * count
+    except ValueError:
+        raise exc.InvalidConfigError(
+            f"--size must be BYTES or MIN-MAX (0 <= MIN <= MAX), got {spec!r}"
+        ) from None
+
+
+def cmd_gen(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
+    """A synthetic dataset: ``count`` objects ``<prefix>/<index>.bin`` of seeded random bytes (the
+    same seed writes the same bytes), written concurrently in batches."""
+    import numpy as np
+
+    import s3dlio
+
+    if a.count < 0:
+        raise exc.InvalidConfigError(f"--count must be >= 0, got {a.count}")
+    prefix = _uri(a.prefix).rstrip("/") + "/"
+    sizes = _sizes(a.size, a.count, a.seed)
+    width = max(5, len(str(max(a.count - 1, 0))))
+    batch, written = 256, 0
+    for start in range(0, a.count, batch):
+        items: builtins.list[tuple[str, bytes]] = []
+        for i in range(start, min(start + batch, a.count)):
+            items.append(
+                (f"{prefix}{i:0{width}d}.bin", np.random.default_rng([a.seed, 0, i]).bytes(sizes[i]))
+            )
+        s3dlio.put_many(items, max_concurrency=a.jobs, config=cfg)
+        written += sum(sizes[start : start + batch])
+    out.record(
+        {"prefix": prefix, "objects": a.count, "bytes": written},
+        f"wrote {a.count} objects, {written} bytes under {prefix}",
+    )
+    return 0
+
+
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
         return False
@@ -393,6 +442,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--delete", action="store_true", help="also delete what DST has and SRC has not")
     sp.add_argument("--dry-run", action="store_true", help="print what would be copied and deleted")
     sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="objects copied at once")
+    sp = add("gen", cmd_gen, "write a synthetic dataset of seeded random objects")
+    sp.add_argument("prefix")
+    sp.add_argument("--count", type=int, required=True, help="objects to write")
+    sp.add_argument("--size", default="65536", help="bytes per object, or MIN-MAX (uniform, seeded)")
+    sp.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="requests in flight")
     sp = add("rm", cmd_rm, "delete one object, or with -r a prefix (a directory: p and p/..., never p2)")
     sp.add_argument("uri")
     sp.add_argument("-r", "--recursive", action="store_true")

@@ -174,3 +174,28 @@ def test_sync_copies_what_is_missing_or_different_and_deletes_with_delete(root: 
     plan("--delete")
     got = {o.uri.rsplit("/dst/", 1)[1]: bytes(s3dlio.get(o.uri)) for o in s3dlio.list(root + "dst/")}
     assert got == {"a.bin": b"a" * 11, "sub/b.bin": b"b" * 20}
+
+
+def test_gen_writes_seeded_objects_of_the_sizes_asked(bucket: str, tmp_path: Path) -> None:
+    rec = json.loads(
+        run(
+            "--json",
+            "gen",
+            f"s3://{bucket}/g",
+            "--count",
+            "40",
+            "--size",
+            "100-5000",
+            "--seed",
+            "7",
+            cwd=tmp_path,
+        ).stdout
+    )
+    objs = s3dlio.list(f"s3://{bucket}/g/")
+    assert len(objs) == rec["objects"] == 40 and sum(o.size for o in objs) == rec["bytes"]
+    assert all(100 <= o.size <= 5000 for o in objs) and len({o.size for o in objs}) > 1
+    first = bytes(s3dlio.get(objs[0].uri))
+    run("gen", "out", "--count", "40", "--size", "100-5000", "--seed", "7", cwd=tmp_path)  # relative: ./out
+    assert (tmp_path / "out" / Path(objs[0].uri).name).read_bytes() == first  # the same seed, the same bytes
+    bad = run("gen", f"s3://{bucket}/g2", "--count", "1", "--size", "9-3", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and b"--size" in bad.stderr
