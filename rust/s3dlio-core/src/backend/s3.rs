@@ -671,19 +671,29 @@ impl S3Multipart {
 
     /// After a failed CompleteMultipartUpload: is the object there, whole, as these parts? (An
     /// SDK retry of a Complete whose response was lost gets NoSuchUpload although it succeeded.)
+    /// A few HEADs a quarter second apart: a server under load can answer the first HEAD before
+    /// the completed object is visible (seen with SeaweedFS); the check itself never loosens.
     async fn completed_anyway(&self, parts: &[PartInfo], size: u64) -> bool {
-        let Ok(head) = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await else {
-            return false;
-        };
-        let etag = etag_of(head.e_tag());
-        let size_ok = head.content_length().is_some_and(|n| n >= 0 && n as u64 == size);
-        let etag_ok = match (multipart_etag(parts), etag) {
-            (Some(want), Some(got)) => want == got,
-            // A server whose part ETags are not MD5s: at least the part count must match.
-            (None, Some(got)) => got.ends_with(&format!("-{}", parts.len())),
-            (_, None) => false,
-        };
-        size_ok && etag_ok
+        for attempt in 0..4 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let Ok(head) = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await else {
+                continue;
+            };
+            let etag = etag_of(head.e_tag());
+            let size_ok = head.content_length().is_some_and(|n| n >= 0 && n as u64 == size);
+            let etag_ok = match (multipart_etag(parts), etag) {
+                (Some(want), Some(got)) => want == got,
+                // A server whose part ETags are not MD5s: at least the part count must match.
+                (None, Some(got)) => got.ends_with(&format!("-{}", parts.len())),
+                (_, None) => false,
+            };
+            if size_ok && etag_ok {
+                return true;
+            }
+        }
+        false
     }
 }
 
