@@ -619,15 +619,40 @@ impl S3Multipart {
             .key(&self.key)
             .upload_id(&self.upload_id);
         let uri = self.uri.clone();
+        let (client, bucket, key, upload_id) =
+            (self.client.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
         async move {
             // Bounded: the upload is already failing; its error is what the user sees.
-            match tokio::time::timeout(Duration::from_secs(10), req.send()).await {
+            let first = match tokio::time::timeout(Duration::from_secs(10), req.clone().send()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(map_sdk_err(e, &uri)),
                 Err(_) => {
                     Err(Error::new(ErrorKind::Timeout, Some(&uri), "AbortMultipartUpload took over 10 s"))
                 }
+            };
+            // A part whose body had already reached the server when the upload was abandoned can
+            // still be stored after the abort, and brings the upload back (S3's documentation
+            // says to abort again). A short sweep, a tracked task of its own (it counts in
+            // live_tasks) that an interrupted call does not wait for, aborts it again.
+            if first.is_ok() {
+                if let Ok(ctx) = context() {
+                    drop(ctx.spawn(async move {
+                        for wait_ms in [250u64, 500, 500] {
+                            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                            let listed =
+                                client.list_multipart_uploads().bucket(&bucket).prefix(&key).send().await;
+                            let back = listed.is_ok_and(|l| {
+                                l.uploads().iter().any(|u| u.upload_id() == Some(upload_id.as_str()))
+                            });
+                            if back {
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(5), req.clone().send()).await;
+                            }
+                        }
+                    }));
+                }
             }
+            first
         }
     }
 
