@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::http::backoff;
+use super::http::{backoff, check_size, total_from_content_range};
 use super::{Backend, MultipartUpload};
 use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
 use crate::config::StoreConfig;
@@ -334,18 +334,6 @@ impl S3Backend {
             ));
         }
         Ok(etag)
-    }
-}
-
-/// A size from a listing must still be the object's size.
-fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -> Result<()> {
-    match (expected, total) {
-        (Some(want), Some(total)) if want != total => Err(Error::new(
-            ErrorKind::Changed,
-            Some(uri),
-            format!("object is {total} bytes, but {want} were expected (from a listing or the caller): it changed, or the size given is wrong"),
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -886,11 +874,6 @@ impl Body {
             }
         }
     }
-}
-
-/// Total object size from a `Content-Range: bytes a-b/total` header.
-fn total_from_content_range(v: &str) -> Option<u64> {
-    v.rsplit_once('/').and_then(|(_, t)| t.parse().ok())
 }
 
 /// Classify an S3 error code / HTTP status.
