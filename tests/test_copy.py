@@ -110,3 +110,18 @@ def test_copy_inside_one_azure_container_is_done_by_the_service(
     assert ("GET", f"{base}/src") not in methods, methods
     assert ("PUT", f"{base}/dst") in methods, methods
     assert bytes(s3dlio.get(f"az://{az_container}/dst")) == data
+
+
+@pytest.mark.timeout(60)
+def test_copy_inside_a_store_that_cannot_copy_itself_with_one_request_in_flight(tmp_path: Path) -> None:
+    """file:// has no server-side copy: the copy is streamed, and with max_concurrency=1 the
+    permit taken to try the store's own copy must be released before the streamed copy takes
+    its own (holding it would hang)."""
+    src, dst = tmp_path / "a.bin", tmp_path / "b.bin"
+    data = os.urandom(12 * MiB)
+    src.write_bytes(data)
+    cfg = s3dlio.StorageConfig(max_concurrency=1, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    assert s3dlio.copy(f"file://{src}", f"file://{dst}", config=cfg) == len(data)
+    assert dst.read_bytes() == data
+    s3dlio.put(f"file://{tmp_path}/t/small", b"x")
+    assert s3dlio.copy_tree(f"file://{tmp_path}/t", f"file://{tmp_path}/u", config=cfg) == 1
