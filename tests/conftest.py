@@ -11,7 +11,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -199,29 +198,15 @@ BACKENDS = ("s3", "az", "gs", "file", "direct")
 @pytest.fixture
 def gcs_bucket(fake_gcs: LocalFakeGCS) -> Iterator[str]:
     """Name of a fresh, empty bucket on fake-gcs-server (no ``gs://``), emptied and deleted afterwards."""
-    name = f"b-{uuid.uuid4().hex[:16]}"
-    s3dlio.create_bucket(f"gs://{name}")
-    try:
+    with fresh_bucket("c", scheme="gs") as name:
         yield name
-    finally:
-        with contextlib.suppress(Exception):
-            s3dlio.delete_prefix(f"gs://{name}/")
-        with contextlib.suppress(Exception):
-            s3dlio.delete_bucket(f"gs://{name}")
 
 
 @pytest.fixture
 def az_container(azurite: LocalAzurite) -> Iterator[str]:
     """Name of a fresh, empty container on Azurite (no ``az://``), emptied and deleted afterwards."""
-    name = f"c-{uuid.uuid4().hex[:16]}"
-    s3dlio.create_bucket(f"az://{name}")
-    try:
+    with fresh_bucket("c", scheme="az") as name:
         yield name
-    finally:
-        with contextlib.suppress(Exception):
-            s3dlio.delete_prefix(f"az://{name}/")
-        with contextlib.suppress(Exception):
-            s3dlio.delete_bucket(f"az://{name}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -45,17 +45,18 @@ def unique_bucket_name(tag: str = "t") -> str:
 
 
 @contextlib.contextmanager
-def fresh_bucket(tag: str = "t") -> Iterator[str]:
-    """Create a uniquely named bucket with s3dlio; empty and delete it afterwards (errors ignored)."""
+def fresh_bucket(tag: str = "t", scheme: str = "s3") -> Iterator[str]:
+    """Create a uniquely named bucket (an Azure container for ``az``) with s3dlio; empty and
+    delete it afterwards (errors ignored)."""
     name = unique_bucket_name(tag)
-    s3dlio.create_bucket(f"s3://{name}")
+    s3dlio.create_bucket(f"{scheme}://{name}")
     try:
         yield name
     finally:
         with contextlib.suppress(Exception):
-            s3dlio.delete_prefix(f"s3://{name}/")
+            s3dlio.delete_prefix(f"{scheme}://{name}/")
         with contextlib.suppress(Exception):
-            s3dlio.delete_bucket(f"s3://{name}")
+            s3dlio.delete_bucket(f"{scheme}://{name}")
 
 
 def fs_type(path: str | os.PathLike[str]) -> str:

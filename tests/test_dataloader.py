@@ -9,7 +9,6 @@ right place in the epoch's order.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib.util
 import itertools
@@ -18,7 +17,6 @@ import pickle
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -133,16 +131,10 @@ def s3_prefix(s3_server: Any) -> Iterator[str]:
 
 def _cloud_prefix(scheme: str) -> Iterator[str]:
     """A fresh container (az://) or bucket (gs://) holding the shared dataset; removed after."""
-    name = f"dl-{uuid.uuid4().hex[:12]}"
-    s3dlio.create_bucket(f"{scheme}://{name}")
-    try:
+    with fresh_bucket("dl", scheme=scheme) as name:
         prefix = f"{scheme}://{name}/data/"
         write_indexed(prefix, N, SIZE)
         yield prefix
-    finally:
-        with contextlib.suppress(Exception):
-            s3dlio.delete_prefix(f"{scheme}://{name}/")
-            s3dlio.delete_bucket(f"{scheme}://{name}")
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,15 @@ class Store(ABC):
     async def until_in_flight(self) -> None:
         """Wait until the put started with :meth:`interruptible_put`'s config is in flight."""
 
+    @staticmethod
+    async def _until_fault(proxy: Any, what: str) -> None:
+        """Wait (10 s at most) until ``proxy`` has held back a request: ``what`` is in flight."""
+        for _ in range(500):
+            if proxy.faults_injected >= 1:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{what} never reached the proxy")
+
 
 class S3Store(Store):
     """A fresh bucket on the suite's SeaweedFS; boto3 is the out-of-band observer."""
@@ -118,11 +127,7 @@ class S3Store(Store):
         return cfg, 64 * MiB
 
     async def until_in_flight(self) -> None:
-        for _ in range(500):
-            if self._proxy.faults_injected >= 1:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("part 3 of the multipart upload never reached the proxy")
+        await self._until_fault(self._proxy, "part 3 of the multipart upload")
 
 
 class AzureStore(Store):
@@ -179,11 +184,7 @@ class AzureStore(Store):
         return cfg, 64 * MiB
 
     async def until_in_flight(self) -> None:
-        for _ in range(500):
-            if self._proxy.faults_injected >= 1:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("block 3 of the block upload never reached the proxy")
+        await self._until_fault(self._proxy, "block 3 of the block upload")
 
 
 class GcsStore(Store):
@@ -243,11 +244,7 @@ class GcsStore(Store):
         return cfg, 64 * MiB
 
     async def until_in_flight(self) -> None:
-        for _ in range(500):
-            if self._proxy.faults_injected >= 1:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("part 3 of the parallel upload never reached the proxy")
+        await self._until_fault(self._proxy, "part 3 of the parallel upload")
 
 
 class LocalStore(Store):
