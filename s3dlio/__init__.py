@@ -14,7 +14,7 @@ import atexit
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _core, exceptions
 from ._core import Buffer, CancelToken, ListIter, ObjectInfo, live_tasks
@@ -35,6 +35,33 @@ if TYPE_CHECKING:
     from .data import DataLoader, ObjectDataset, ObjectIterableDataset
 
 __version__ = _core.__version__
+
+
+def stats(reset: bool = False) -> dict[str, Any]:
+    """What this process's storage requests have done so far, counted in the Rust core where the
+    work happens (every scheme, every API: get/put helpers, loaders, readers, writers, copies).
+
+    Returns a dict:
+
+    * ``bytes_read``, ``bytes_written``, ``bytes_copied`` (server-side copies);
+    * ``objects_read`` (whole objects), ``objects_written`` (published), ``objects_deleted``,
+      ``keys_listed``;
+    * ``requests`` (all operations), ``in_flight`` now and ``max_in_flight`` since the last reset;
+    * ``errors`` and ``retries``: dicts by cause (``throttled``, ``timeout``, ``server_error``,
+      ``connection``, ``not_found``, ``permission_denied``, ``cancelled``, ``invalid``, ``changed``,
+      ``direct_io``); a request retried twice then served counts two retries and no error;
+    * ``ops``: per operation (``get``, ``put``, ``head``, ``list``, ``delete``, ``copy``,
+      ``multipart``): ``requests``, ``errors``, ``bytes``, and ``latency_ms`` and ``ttfb_ms``
+      histograms read as ``count``, ``mean``, ``p50``, ``p90``, ``p99`` and ``max`` (milliseconds;
+      ``None`` when empty; quantiles within 12.5 % above the true value). ``latency_ms`` is the
+      whole request as the caller waited for it, retries included; ``ttfb_ms`` is each attempt's
+      time to its response headers (network stores).
+
+    With ``reset=True`` the counters start again from zero after this read (``in_flight`` is never
+    reset), so two reads bracket an interval. A forked child starts from zero.
+    """
+    return _core.stats(reset)
+
 
 __all__ = [
     "AsyncObjectReader",
@@ -89,6 +116,7 @@ __all__ = [
     "put_many_async",
     "stat",
     "stat_async",
+    "stats",
     "upload",
     "upload_async",
 ]

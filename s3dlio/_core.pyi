@@ -248,5 +248,8 @@ def _asyncio_tasks() -> int:
 def live_tasks() -> int:
     """Number of tasks s3dlio has running in this process right now (0 when idle)."""
 
+def stats(reset: bool = False) -> dict[str, Any]:
+    """This process's transfer counters (see ``s3dlio.stats``)."""
+
 def _debug_runtime_pid() -> int:
     """PID the current runtime context was built in (fork-safety tests)."""

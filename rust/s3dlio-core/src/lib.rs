@@ -8,6 +8,7 @@
 //!   list, put, put_many, delete, delete_prefix, upload, download, buckets), with the range
 //!   engine (`ops::range`), multipart writes (`ops::write`) and tree transfers (`ops::transfer`).
 //! * [`io`]: the streaming writer and the seekable reader behind `s3dlio.open`.
+//! * [`metrics`]: per-process transfer counters and latency histograms (`s3dlio.stats()`).
 //! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
 //! * [`options`]: the three configuration levels (LoaderOptions, PoolConfig, RangeEngineConfig).
 //! * [`buf`]: zeroed object buffers (huge-page mappings when large), frozen into `Bytes`.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod loader;
+pub mod metrics;
 pub mod ops;
 pub mod options;
 pub mod registry;

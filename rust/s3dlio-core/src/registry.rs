@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::backend::azure::AzureBackend;
 use crate::backend::gcs::GcsBackend;
 use crate::backend::local::{LocalBackend, Mode};
+use crate::backend::metered::Metered;
 use crate::backend::s3::S3Backend;
 use crate::backend::Backend;
 use crate::config::StoreConfig;
@@ -87,17 +88,18 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
     if let Some(b) = ctx.backends().get(&reg_key) {
         return Ok((Arc::clone(b), key));
     }
-    let backend: Arc<dyn Backend> = match (&reg_key, loc) {
-        (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Arc::new(S3Backend::new(bucket, cfg).await?),
+    let backend: Box<dyn Backend> = match (&reg_key, loc) {
+        (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Box::new(S3Backend::new(bucket, cfg).await?),
         (RegistryKey::Azure { .. }, Location::Azure { container, .. }) => {
-            Arc::new(AzureBackend::new(container, cfg, &loc.to_uri()).await?)
+            Box::new(AzureBackend::new(container, cfg, &loc.to_uri()).await?)
         }
         (RegistryKey::Gcs { .. }, Location::Gcs { bucket, .. }) => {
-            Arc::new(GcsBackend::new(bucket, cfg, &loc.to_uri()).await?)
+            Box::new(GcsBackend::new(bucket, cfg, &loc.to_uri()).await?)
         }
-        (RegistryKey::Local(mode), _) => Arc::new(LocalBackend::new(*mode)),
+        (RegistryKey::Local(mode), _) => Box::new(LocalBackend::new(*mode)),
         _ => unreachable!("the registry key is derived from the location"),
     };
+    let backend: Arc<dyn Backend> = Arc::new(Metered::new(backend, ctx.metrics()));
     let b = Arc::clone(ctx.backends().entry(reg_key).or_insert(backend));
     Ok((b, key))
 }

@@ -26,6 +26,7 @@ pub struct Context {
     cleanup: TaskTracker,
     s3_clients: Mutex<HashMap<crate::backend::s3::ClientKey, aws_sdk_s3::Client>>,
     backends: Mutex<HashMap<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>>,
+    metrics: crate::metrics::Metrics,
 }
 
 static CURRENT: Mutex<Option<&'static Context>> = Mutex::new(None);
@@ -62,6 +63,7 @@ pub fn context() -> Result<&'static Context> {
         cleanup: TaskTracker::new(),
         s3_clients: Mutex::new(HashMap::new()),
         backends: Mutex::new(HashMap::new()),
+        metrics: crate::metrics::Metrics::default(),
     }));
     *current = Some(ctx);
     Ok(ctx)
@@ -141,6 +143,11 @@ impl Context {
     /// Tasks spawned through this context, and cleanup and blocking work, still alive.
     pub fn live_tasks(&self) -> usize {
         self.tracker.len() + self.cleanup.len()
+    }
+
+    /// This process's transfer counters.
+    pub fn metrics(&'static self) -> &'static crate::metrics::Metrics {
+        &self.metrics
     }
 
     pub(crate) fn clients(

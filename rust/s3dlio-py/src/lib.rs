@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use bytes::Bytes;
 use futures::StreamExt;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyString};
 use s3dlio_core::runtime::context;
 use s3dlio_core::{ops, CancellationToken, ListPage, Result};
 use tokio::sync::mpsc;
@@ -274,6 +274,58 @@ fn live_tasks() -> PyResult<usize> {
     Ok(context().map_err(to_pyerr)?.live_tasks())
 }
 
+/// This process's transfer counters as a dict (see `s3dlio.stats`); with `reset`, they start again
+/// from zero after this read.
+#[pyfunction]
+#[pyo3(signature = (reset = false))]
+fn stats(py: Python<'_>, reset: bool) -> PyResult<Bound<'_, PyDict>> {
+    use s3dlio_core::metrics::{HistogramSnapshot, Op};
+    let snap = context().map_err(to_pyerr)?.metrics().snapshot(reset);
+    let hist = |h: &HistogramSnapshot| -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        let ms = |us: Option<u64>| us.map(|v| v as f64 / 1000.0);
+        d.set_item("count", h.count)?;
+        d.set_item("mean", h.mean_us().map(|v| v / 1000.0))?;
+        d.set_item("p50", ms(h.quantile(0.5)))?;
+        d.set_item("p90", ms(h.quantile(0.9)))?;
+        d.set_item("p99", ms(h.quantile(0.99)))?;
+        d.set_item("max", ms((h.count > 0).then_some(h.max_us)))?;
+        Ok(d)
+    };
+    let ops = PyDict::new(py);
+    for o in &snap.ops {
+        let d = PyDict::new(py);
+        d.set_item("requests", o.requests)?;
+        d.set_item("errors", o.errors)?;
+        d.set_item("bytes", o.bytes)?;
+        d.set_item("latency_ms", hist(&o.latency)?)?;
+        d.set_item("ttfb_ms", hist(&o.ttfb)?)?;
+        ops.set_item(o.op.name(), d)?;
+    }
+    let by_cause = |v: &[(&str, u64)]| -> PyResult<Bound<'_, PyDict>> {
+        let d = PyDict::new(py);
+        for (c, n) in v {
+            d.set_item(*c, *n)?;
+        }
+        Ok(d)
+    };
+    let out = PyDict::new(py);
+    out.set_item("bytes_read", snap.op(Op::Get).bytes)?;
+    out.set_item("bytes_written", snap.op(Op::Put).bytes)?;
+    out.set_item("bytes_copied", snap.op(Op::Copy).bytes)?;
+    out.set_item("objects_read", snap.objects_read)?;
+    out.set_item("objects_written", snap.objects_written)?;
+    out.set_item("objects_deleted", snap.objects_deleted)?;
+    out.set_item("keys_listed", snap.keys_listed)?;
+    out.set_item("requests", snap.ops.iter().map(|o| o.requests).sum::<u64>())?;
+    out.set_item("in_flight", snap.in_flight)?;
+    out.set_item("max_in_flight", snap.max_in_flight)?;
+    out.set_item("errors", by_cause(&snap.errors)?)?;
+    out.set_item("retries", by_cause(&snap.retries)?)?;
+    out.set_item("ops", ops)?;
+    Ok(out)
+}
+
 /// PID the current runtime context was built in (fork-safety tests).
 #[pyfunction]
 fn _debug_runtime_pid() -> PyResult<u32> {
@@ -321,6 +373,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_bucket, m)?)?;
     m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
+    m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(asyncio::_asyncio_tasks, m)?)?;
     m.add_class::<io::PyWriter>()?;
     m.add_class::<io::PyReader>()?;

@@ -407,6 +407,7 @@ impl AzureBackend {
         if let Some(tag) = &opts.if_match {
             headers.push(("if-match", format!("\"{tag}\"")));
         }
+        let sent = std::time::Instant::now();
         let a =
             self.call(Method::GET, key, &[], &headers, Bytes::new(), uri).await.map_err(|e| match range {
                 Some(r) if e.kind() == ErrorKind::InvalidRange => Error::invalid_range(
@@ -415,6 +416,7 @@ impl AzureBackend {
                 ),
                 _ => e,
             })?;
+        crate::metrics::ttfb(crate::metrics::Op::Get, sent.elapsed());
         let len = a.header("content-length").and_then(|v| v.parse::<u64>().ok());
         let total = match (range, a.header("content-range")) {
             (_, Some(cr)) => h::total_from_content_range(cr),

@@ -387,6 +387,7 @@ impl GcsBackend {
         if let Some(generation) = &opts.if_match {
             let _ = write!(path, "&ifGenerationMatch={}", enc(generation));
         }
+        let sent = std::time::Instant::now();
         let a =
             self.call(Method::GET, &path, &headers, Bytes::new(), uri).await.map_err(|e| match range {
                 Some(r) if e.kind() == ErrorKind::InvalidRange => Error::invalid_range(
@@ -395,6 +396,7 @@ impl GcsBackend {
                 ),
                 _ => e,
             })?;
+        crate::metrics::ttfb(crate::metrics::Op::Get, sent.elapsed());
         let len = a.header("content-length").and_then(|v| v.parse::<u64>().ok());
         let total = match (range, a.header("content-range")) {
             (_, Some(cr)) => h::total_from_content_range(cr),

@@ -160,6 +160,7 @@ where
     loop {
         match attempt().await {
             Err(e) if e.is_transient() && n < max_attempts => {
+                crate::metrics::retried(&e);
                 tokio::time::sleep(backoff(initial_backoff, n)).await;
                 n += 1;
             }
@@ -309,6 +310,7 @@ macro_rules! retry_loop {
         loop {
             match $attempt {
                 Err(e) if e.is_transient() && n < $max => {
+                    $crate::metrics::retried(&e);
                     tokio::time::sleep($crate::backend::http::backoff($base, n)).await;
                     n += 1;
                 }

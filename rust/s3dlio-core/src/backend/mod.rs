@@ -13,6 +13,7 @@ pub mod azure;
 pub mod gcs;
 mod http;
 pub mod local;
+pub(crate) mod metered;
 pub mod s3;
 
 use async_trait::async_trait;

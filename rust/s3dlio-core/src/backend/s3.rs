@@ -221,6 +221,7 @@ impl S3Backend {
         loop {
             match attempt().await {
                 Err(e) if e.is_transient() && n < self.max_attempts => {
+                    crate::metrics::retried(&e);
                     tokio::time::sleep(backoff(self.initial_backoff, n)).await;
                     n += 1;
                 }
@@ -240,6 +241,7 @@ impl S3Backend {
                 None => format!("bytes={}-", r.offset),
             });
         }
+        let sent = std::time::Instant::now();
         let resp = req
             .customize()
             .config_override(aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()))
@@ -255,6 +257,7 @@ impl S3Backend {
                     _ => err,
                 }
             })?;
+        crate::metrics::ttfb(crate::metrics::Op::Get, sent.elapsed());
         let len = resp.content_length().and_then(|n| usize::try_from(n).ok());
         let etag = etag_of(resp.e_tag());
         let (total, body) = match (range, resp.content_range()) {

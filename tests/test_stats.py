@@ -1,0 +1,116 @@
+"""``s3dlio.stats()``: the core's transfer counters, read where the work happens, over every API."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+
+import pytest
+
+import s3dlio
+from faultproxy import FaultProxy
+from s3dlio import exceptions as exc
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _zero() -> None:
+    s3dlio.stats(reset=True)
+
+
+def test_counts_puts_gets_lists_and_deletes_on_s3(bucket: str) -> None:
+    uris = [f"s3://{bucket}/d/{i}" for i in range(10)]
+    s3dlio.put_many([(u, b"x" * 1000) for u in uris])
+    got = s3dlio.get_many(uris, max_concurrency=10)
+    assert [len(b) for b in got] == [1000] * 10
+    assert len(s3dlio.list(f"s3://{bucket}/d/")) == 10
+    s3dlio.delete_prefix(f"s3://{bucket}/d/")
+    s = s3dlio.stats()
+    assert (s["bytes_written"], s["objects_written"]) == (10_000, 10)
+    assert (s["bytes_read"], s["objects_read"]) == (10_000, 10)
+    assert s["objects_deleted"] == 10
+    assert s["keys_listed"] >= 10  # the delete lists too
+    assert s["ops"]["get"]["requests"] == 10 and s["ops"]["get"]["errors"] == 0
+    assert s["ops"]["put"]["requests"] == 10
+    assert s["ops"]["list"]["requests"] >= 2
+    assert s["in_flight"] == 0 and 1 <= s["max_in_flight"] <= 10
+    assert s["requests"] == sum(o["requests"] for o in s["ops"].values())
+    lat = s["ops"]["get"]["latency_ms"]
+    assert lat["count"] == 10 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    ttfb = s["ops"]["get"]["ttfb_ms"]
+    assert ttfb["count"] == 10 and ttfb["p99"] <= lat["max"]
+
+
+def test_a_split_read_counts_its_bytes_and_one_object(bucket: str) -> None:
+    uri = f"s3://{bucket}/big"
+    data = os.urandom(9 * MiB + 5)
+    s3dlio.put(uri, data)
+    s3dlio.stats(reset=True)
+    engine = s3dlio.RangeEngineConfig(chunk_size=MiB, min_split_size=2 * MiB)
+    assert bytes(s3dlio.get(uri, range_engine=engine)) == data
+    s = s3dlio.stats()
+    assert s["bytes_read"] == len(data) and s["objects_read"] == 1
+    assert s["ops"]["get"]["requests"] == 10  # one GET per MiB
+
+
+def test_streamed_writes_and_reads_count_as_they_go(tmp_path: os.PathLike[str], bucket: str) -> None:
+    for uri in (f"file://{tmp_path}/f", f"s3://{bucket}/f"):
+        s3dlio.stats(reset=True)
+        with s3dlio.open(uri, "wb") as w:
+            for _ in range(3):
+                w.write(b"y" * MiB)
+        with s3dlio.open(uri, "rb") as r:
+            assert len(r.read()) == 3 * MiB
+        s = s3dlio.stats()
+        assert s["bytes_written"] == 3 * MiB and s["objects_written"] == 1, uri
+        assert s["bytes_read"] == 3 * MiB, uri
+
+
+def test_errors_by_cause(bucket: str) -> None:
+    with pytest.raises(exc.NotFoundError):
+        s3dlio.get(f"s3://{bucket}/missing")
+    s = s3dlio.stats()
+    assert s["errors"]["not_found"] == 1 and s["ops"]["get"]["errors"] == 1
+    assert sum(s["errors"].values()) == 1 and sum(s["retries"].values()) == 0
+
+
+def test_retries_are_counted_by_cause(
+    bucket: str, proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """Two 503s then a served GET: two throttling retries, no error, one request."""
+    s3dlio.put(f"s3://{bucket}/k", b"z" * 100)
+    cfg = s3_config(endpoint_url=proxy.endpoint, max_attempts=5, initial_backoff=0.01)
+    proxy.set_mode("http503", count=2, match="^GET ")
+    s3dlio.stats(reset=True)
+    assert bytes(s3dlio.get(f"s3://{bucket}/k", config=cfg)) == b"z" * 100
+    s = s3dlio.stats()
+    assert s["retries"]["throttled"] == 2
+    assert s["ops"]["get"]["requests"] == 1 and s["ops"]["get"]["errors"] == 0
+    assert s["ops"]["get"]["ttfb_ms"]["count"] == 1  # only the attempt that got an answer
+
+
+def test_reset_brackets_an_interval(tmp_path: os.PathLike[str]) -> None:
+    s3dlio.put(f"file://{tmp_path}/a", b"1234")
+    first = s3dlio.stats(reset=True)
+    assert first["bytes_written"] == 4
+    assert s3dlio.stats()["bytes_written"] == 0
+    s3dlio.get(f"file://{tmp_path}/a")
+    assert s3dlio.stats()["bytes_read"] == 4
+
+
+def _child_stats(q: mp.Queue[dict[str, int]]) -> None:
+    q.put({"bytes_written": s3dlio.stats()["bytes_written"]})
+
+
+def test_a_forked_child_starts_from_zero(tmp_path: os.PathLike[str]) -> None:
+    s3dlio.put(f"file://{tmp_path}/a", b"x" * 100)
+    assert s3dlio.stats()["bytes_written"] == 100
+    ctx = mp.get_context("fork")
+    q: mp.Queue[dict[str, int]] = ctx.Queue()
+    p = ctx.Process(target=_child_stats, args=(q,))
+    p.start()
+    got = q.get(timeout=30)
+    p.join(30)
+    assert got == {"bytes_written": 0}
