@@ -122,7 +122,8 @@ def get_range(uri: str, offset: int, length: int | None = None) -> Buffer:
     :class:`~s3dlio.Buffer`.
 
     Differs from the reference: a range that is not entirely inside the object raises
-    :class:`~s3dlio.exceptions.RangeError` (a ``ValueError``) instead of returning short data.
+    :class:`~s3dlio.exceptions.RangeError` (a ``ValueError``), never the short data the reference
+    could return for a range past the end.
     """
     return _s3.get_range(uri, offset, length)
 
