@@ -91,6 +91,8 @@ __all__ = [
     "delete_async",
     "delete_bucket",
     "delete_bucket_async",
+    "delete_many",
+    "delete_many_async",
     "delete_prefix",
     "delete_prefix_async",
     "download",
@@ -157,9 +159,9 @@ def _drain_asyncio_bridge() -> None:
 atexit.register(_drain_asyncio_bridge)
 
 
-def _uris(uris: Iterable[str]) -> Sequence[str]:
+def _uris(uris: Iterable[str], what: str = "get_many() takes a sequence of URIs") -> Sequence[str]:
     if isinstance(uris, str):
-        raise exceptions.InvalidConfigError("get_many() takes a sequence of URIs, not a single string")
+        raise exceptions.InvalidConfigError(f"{what}, not a single string")
     return uris if isinstance(uris, (_list, tuple)) else _list(uris)
 
 
@@ -378,13 +380,35 @@ def copy(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> 
     return _core.copy(src_uri, dst_uri, _native(config))
 
 
-def copy_tree(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+def copy_tree(
+    src_uri: str,
+    dst_uri: str,
+    *,
+    only: Iterable[str] | None = None,
+    config: StorageConfig | None = None,
+) -> int:
     """Copy every object under the prefix ``src_uri`` to the same relative keys under
     ``dst_uri``, between any two schemes; returns the object count.
 
     The prefix is a directory, as for :func:`delete_prefix`: ``copy_tree("s3://b/ds", ...)``
-    copies ``ds/...``, never ``ds2/...``. Folder markers are not copied."""
-    return _core.copy_tree(src_uri, dst_uri, _native(config))
+    copies ``ds/...``, never ``ds2/...``. Folder markers are not copied. ``only`` limits the copy
+    to these relative keys (``"a/b.bin"`` for ``<src_uri>/a/b.bin``); one that is not under
+    ``src_uri`` raises :class:`~s3dlio.exceptions.NotFoundError` naming it, before anything is
+    copied."""
+    keys = None if only is None else _list(_uris(only, "copy_tree(only=) takes a sequence of keys"))
+    return _core.copy_tree(src_uri, dst_uri, keys, _native(config))
+
+
+def delete_many(
+    uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> int:
+    """Delete exactly these objects; returns how many were deleted. A missing object is not an
+    error (as for :func:`delete`). They go in batches per store (S3 DeleteObjects: up to 1,000 keys
+    a request), at most ``max_concurrency`` (default ``config.max_concurrency``) batches in flight;
+    the URIs may name several buckets and schemes. A failure raises an error naming its URI."""
+    return _core.delete_many(
+        _uris(uris, "delete_many() takes a sequence of URIs"), _concurrency(max_concurrency), _native(config)
+    )
 
 
 def create_bucket(uri: str, *, config: StorageConfig | None = None) -> None:
@@ -474,9 +498,25 @@ async def copy_async(src_uri: str, dst_uri: str, *, config: StorageConfig | None
     return await _core.copy_async(src_uri, dst_uri, _native(config))
 
 
-async def copy_tree_async(src_uri: str, dst_uri: str, *, config: StorageConfig | None = None) -> int:
+async def copy_tree_async(
+    src_uri: str,
+    dst_uri: str,
+    *,
+    only: Iterable[str] | None = None,
+    config: StorageConfig | None = None,
+) -> int:
     """Async :func:`copy_tree`."""
-    return await _core.copy_tree_async(src_uri, dst_uri, _native(config))
+    keys = None if only is None else _list(_uris(only, "copy_tree(only=) takes a sequence of keys"))
+    return await _core.copy_tree_async(src_uri, dst_uri, keys, _native(config))
+
+
+async def delete_many_async(
+    uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
+) -> int:
+    """Async :func:`delete_many`."""
+    return await _core.delete_many_async(
+        _uris(uris, "delete_many() takes a sequence of URIs"), _concurrency(max_concurrency), _native(config)
+    )
 
 
 async def upload_async(

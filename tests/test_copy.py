@@ -125,3 +125,32 @@ def test_copy_inside_a_store_that_cannot_copy_itself_with_one_request_in_flight(
     assert dst.read_bytes() == data
     s3dlio.put(f"file://{tmp_path}/t/small", b"x")
     assert s3dlio.copy_tree(f"file://{tmp_path}/t", f"file://{tmp_path}/u", config=cfg) == 1
+
+
+def test_copy_tree_only_copies_the_keys_named(root: str) -> None:
+    for k in ("t/a", "t/b", "t/sub/c", "t2/x"):
+        s3dlio.put(f"{root}{k}", k.encode())
+    assert s3dlio.copy_tree(f"{root}t", f"{root}u", only=["a", "sub/c"]) == 2
+    got = {rel(o.uri, f"{root}u/"): bytes(s3dlio.get(o.uri)) for o in s3dlio.list(f"{root}u/")}
+    assert got == {"a": b"t/a", "sub/c": b"t/sub/c"}
+    # A key that is not under the source (t2/x is a sibling, not t/x): an error, nothing copied.
+    with pytest.raises(s3dlio.exceptions.NotFoundError, match="x"):
+        s3dlio.copy_tree(f"{root}t", f"{root}v", only=["b", "x"])
+    assert s3dlio.list(f"{root}v/") == []
+    assert asyncio.run(s3dlio.copy_tree_async(f"{root}t", f"{root}w", only=[])) == 0
+
+
+def test_delete_many_deletes_exactly_the_uris_given(root: str, tmp_path: Path) -> None:
+    keys = [f"d/{i}" for i in range(5)] + ["d2", "d/5/inner"]
+    for k in keys:
+        s3dlio.put(f"{root}{k}", b"x")
+    other = f"file://{tmp_path}/elsewhere"
+    s3dlio.put(other, b"y")
+    gone = [f"{root}d/1", f"{root}d/3", f"{root}d/missing", other]
+    assert s3dlio.delete_many(gone) in (3, 4)  # a missing object is not an error (S3 counts it)
+    left = sorted(rel(o.uri, root) for o in s3dlio.list(root))
+    assert left == ["d/0", "d/2", "d/4", "d/5/inner", "d2"]
+    assert not os.path.exists(f"{tmp_path}/elsewhere")
+    assert asyncio.run(s3dlio.delete_many_async([f"{root}d/0"])) == 1
+    with pytest.raises(s3dlio.exceptions.InvalidConfigError, match="sequence"):
+        s3dlio.delete_many(f"{root}d/2")

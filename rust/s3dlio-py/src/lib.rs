@@ -153,8 +153,10 @@ twin!(download, download_async, (uri: String, local_dir: String), [uri, local_di
     |cfg| ops::download(&uri, &local_dir, &cfg).await);
 twin!(copy, copy_async, (src_uri: String, dst_uri: String), [src_uri, dst_uri, config=None], u64,
     |cfg| ops::copy(&src_uri, &dst_uri, &cfg).await);
-twin!(copy_tree, copy_tree_async, (src_uri: String, dst_uri: String), [src_uri, dst_uri, config=None], usize,
-    |cfg| ops::copy_tree(&src_uri, &dst_uri, &cfg).await);
+twin!(copy_tree, copy_tree_async, (src_uri: String, dst_uri: String, only: Option<Vec<String>>), [src_uri, dst_uri, only=None, config=None], usize,
+    |cfg| ops::copy_tree(&src_uri, &dst_uri, only.as_deref(), &cfg).await);
+twin!(delete_many, delete_many_async, (uris: Vec<String>, max_concurrency: Option<usize>), [uris, max_concurrency=None, config=None], usize,
+    |cfg| ops::delete_many(&uris, max_concurrency, &cfg).await);
 twin!(create_bucket, create_bucket_async, (uri: String), [uri, config=None], (),
     |cfg| ops::create_bucket(&uri, &cfg).await);
 twin!(delete_bucket, delete_bucket_async, (uri: String), [uri, config=None], (),
@@ -364,6 +366,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(copy_async, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree_async, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_many, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_many_async, m)?)?;
     m.add_function(wrap_pyfunction!(upload, m)?)?;
     m.add_function(wrap_pyfunction!(upload_async, m)?)?;
     m.add_function(wrap_pyfunction!(download, m)?)?;

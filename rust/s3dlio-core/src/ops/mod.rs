@@ -248,6 +248,42 @@ pub async fn delete(uri: &str, cfg: &StoreConfig) -> Result<()> {
 /// a bucket root is the whole bucket. Folder markers are deleted (and counted) too. At most
 /// `concurrency` batch deletes (up to the backend's batch size each) are in flight. Returns the
 /// number of objects deleted.
+/// Delete exactly these objects (a missing one is not an error), in batches of the store's
+/// batch-delete limit (S3: 1,000 keys per request), `concurrency` batches at a time; URIs may name
+/// several stores. Returns how many were deleted. Any failure is an error naming its URI.
+pub async fn delete_many(uris: &[String], concurrency: Option<usize>, cfg: &StoreConfig) -> Result<usize> {
+    let concurrency = check_concurrency(concurrency.unwrap_or(cfg.max_concurrency))?;
+    // Grouped by backend instance, in the order first seen.
+    let mut groups: Vec<(Arc<dyn Backend>, Vec<String>)> = Vec::new();
+    for uri in uris {
+        let (b, key) = registry::resolve(&Location::parse_object(uri)?, cfg).await?;
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &b)) {
+            Some((_, keys)) => keys.push(key),
+            None => groups.push((b, vec![key])),
+        }
+    }
+    let mut batches = Vec::new();
+    for (b, keys) in groups {
+        let limit = b.delete_batch_limit().max(1);
+        for chunk in keys.chunks(limit) {
+            batches.push((Arc::clone(&b), chunk.to_vec()));
+        }
+    }
+    // Collected first: a stream holding a closure over `cfg` trips the Send check of the callers
+    // that box this future (as in `range::read_pinned`).
+    let deletes: Vec<_> = batches
+        .into_iter()
+        .map(|(b, batch)| async move {
+            let first = b.uri(batch.first().map_or("", String::as_str));
+            operation(cfg, &first, b.delete_many(batch)).await
+        })
+        .collect();
+    futures::stream::iter(deletes)
+        .buffer_unordered(concurrency)
+        .try_fold(0usize, |n, d| async move { Ok(n + d) })
+        .await
+}
+
 pub async fn delete_prefix(uri: &str, concurrency: Option<usize>, cfg: &StoreConfig) -> Result<usize> {
     let concurrency = check_concurrency(concurrency.unwrap_or(cfg.max_concurrency))?;
     let loc = Location::parse(uri)?;

@@ -183,15 +183,34 @@ pub async fn copy(src_uri: &str, dst_uri: &str, cfg: &StoreConfig) -> Result<u64
 /// Copy every object under the directory prefix `src_uri` (`p` means `p/...`) to the same
 /// relative keys under `dst_uri`, on any two schemes. Folder markers are not copied. Returns the
 /// object count.
-pub async fn copy_tree(src_uri: &str, dst_uri: &str, cfg: &StoreConfig) -> Result<usize> {
+///
+/// With `only`, just these relative keys (`a/b.bin` for `<src_uri>/a/b.bin`); one that is not
+/// under `src_uri` is a `NotFound` error naming it, and nothing is copied.
+pub async fn copy_tree(
+    src_uri: &str,
+    dst_uri: &str,
+    only: Option<&[String]>,
+    cfg: &StoreConfig,
+) -> Result<usize> {
     let (src, src_key) = registry::resolve(&Location::parse(src_uri)?, cfg).await?;
     let (dst, dst_key) = registry::resolve(&Location::parse(dst_uri)?, cfg).await?;
     let (src_dir, dst_dir) = (dir_of(&src_key), dir_of(&dst_key));
+    let mut wanted: Option<std::collections::HashSet<&str>> =
+        only.map(|k| k.iter().map(String::as_str).collect());
     let mut jobs = Vec::new();
     for o in objects(src.as_ref(), &src_dir, cfg).await? {
         let key = key_of(src.as_ref(), &o.uri)?;
         let rel = relative_key(&src_dir, key, &o.uri)?;
+        if let Some(w) = wanted.as_mut() {
+            if !w.remove(rel) {
+                continue;
+            }
+        }
         jobs.push((key.to_owned(), o.size, format!("{dst_dir}{rel}")));
+    }
+    if let Some(missing) = wanted.and_then(|w| w.into_iter().min()) {
+        let uri = src.uri(&format!("{src_dir}{missing}"));
+        return Err(Error::new(ErrorKind::NotFound, Some(&uri), "no such object under the source prefix"));
     }
     copy_all(src, dst, jobs, cfg).await
 }
