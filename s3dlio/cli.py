@@ -17,8 +17,9 @@ import fnmatch
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from . import exceptions as exc
@@ -49,8 +50,12 @@ def _human(n: int) -> str:
 class _Out:
     """Where records go: text lines, or one JSON object per line."""
 
-    def __init__(self, as_json: bool, quiet: bool) -> None:
+    def __init__(self, as_json: bool, quiet: bool, progress: bool | None = None) -> None:
         self.json, self.quiet = as_json, quiet
+        # Progress bars: on a terminal only, and never with -q or --json.
+        if progress is None:
+            progress = sys.stderr.isatty() and not quiet and not as_json
+        self.progress = progress
 
     def record(self, obj: dict[str, Any], text: str) -> None:
         print(json.dumps(obj) if self.json else text, flush=False)
@@ -58,6 +63,112 @@ class _Out:
     def note(self, text: str) -> None:
         if not self.quiet and not self.json:
             print(text, file=sys.stderr)
+
+
+_COUNTERS = {
+    # What a progress bar counts, read from s3dlio.stats(): (bytes, objects) keys.
+    "write": (("bytes_written", "bytes_copied"), "objects_written"),
+    "read": (("bytes_read",), "objects_read"),
+    "delete": ((), "objects_deleted"),
+}
+
+
+def _tty_size() -> tuple[int, int]:
+    """(columns, lines) of the terminal on stderr; (0, 0) when it reports none (a pty without a
+    window)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        return size.columns, size.lines
+    except (OSError, ValueError):
+        return 0, 0
+
+
+class _Progress:
+    """A progress bar on stderr, fed by the Rust core's transfer counters (``s3dlio.stats()``), not
+    by wrapping calls: a thread redraws it ten times a second from the counters' growth since the
+    bar started. Drawn only when stderr is a terminal, and never with ``-q`` or ``--json``.
+
+    ``kind`` says what counts: ``write`` (bytes and objects written, server-side copies included),
+    ``read`` or ``delete`` (objects only). Totals, when known, give a percentage and an ETA."""
+
+    def __init__(
+        self,
+        out: _Out,
+        desc: str,
+        kind: str,
+        total_bytes: int | None = None,
+        total_objects: int | None = None,
+    ) -> None:
+        self.enabled = out.progress
+        self.desc, self.kind = desc, kind
+        self.total_bytes, self.total_objects = total_bytes, total_objects
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bar: Any = None
+        self._base = (0, 0)
+
+    def _read(self) -> tuple[int, int]:
+        import s3dlio
+
+        s = s3dlio.stats()
+        byte_keys, obj_key = _COUNTERS[self.kind]
+        return sum(int(s[k]) for k in byte_keys), int(s[obj_key])
+
+    def done(self) -> tuple[int, int]:
+        """(bytes, objects) counted since the bar started."""
+        b, o = self._read()
+        return b - self._base[0], o - self._base[1]
+
+    def __enter__(self) -> _Progress:
+        self._base = self._read()
+        if not self.enabled:
+            return self
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        by_bytes = self.kind != "delete"
+        cols, lines = _tty_size()
+        self._bar = tqdm(
+            total=(self.total_bytes if by_bytes else self.total_objects) or None,
+            desc=self.desc,
+            unit="B" if by_bytes else " obj",
+            unit_scale=by_bytes,
+            unit_divisor=1000,
+            file=sys.stderr,
+            # A terminal that reports no size (a pty without a window) is taken as 80x24: tqdm
+            # would draw nothing in 0 columns or 0 lines.
+            ncols=None if cols else 80,
+            nrows=None if lines else 24,
+            dynamic_ncols=bool(cols),
+            leave=True,
+            mininterval=0.1,
+        )
+        self._thread = threading.Thread(target=self._run, name="s3dlio-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _draw(self) -> None:
+        b, o = self.done()
+        bar = self._bar
+        if self.kind == "delete":
+            bar.n = o
+        else:
+            bar.n = b
+            total = f"/{self.total_objects}" if self.total_objects is not None else ""
+            bar.set_postfix_str(f"{o}{total} objects", refresh=False)
+        bar.refresh()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._draw()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._draw()
+        self._bar.close()
 
 
 def _info(o: Any) -> dict[str, Any]:
@@ -145,10 +256,12 @@ def cmd_cat(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     return 0
 
 
-def _relative_files(src_dir: str, cfg: Any, include: list[str], exclude: list[str]) -> list[str]:
+def _tree(src_dir: str, cfg: Any, include: list[str], exclude: list[str]) -> dict[str, int]:
+    """The objects under ``src_dir`` (a directory prefix), as relative key -> size, filtered by
+    the include and exclude globs (matched against relative keys)."""
     import s3dlio
 
-    keys = []
+    keys = {}
     for o in s3dlio.list_iter(src_dir, recursive=True, config=cfg):
         if o.is_dir:
             continue
@@ -157,7 +270,7 @@ def _relative_files(src_dir: str, cfg: Any, include: list[str], exclude: list[st
             continue
         if any(fnmatch.fnmatchcase(rel, g) for g in exclude):
             continue
-        keys.append(rel)
+        keys[rel] = o.size
     return keys
 
 
@@ -168,7 +281,7 @@ def cmd_cp(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
         raise exc.InvalidConfigError("cp: source and destination cannot both be '-'")
     if a.src == "-":  # stdin -> object, streamed through the writer (bounded memory)
         dst = _uri(a.dst)
-        with s3dlio.open(dst, "wb", config=cfg) as w:
+        with _Progress(out, "upload", "write", total_objects=1), s3dlio.open(dst, "wb", config=cfg) as w:
             while chunk := sys.stdin.buffer.read(CHUNK):
                 w.write(chunk)
         out.note(f"copied stdin to {dst}")
@@ -184,27 +297,28 @@ def cmd_cp(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
         if a.no_clobber and s3dlio.exists(dst, config=cfg):
             out.note(f"skipped {dst}: it exists (--no-clobber)")
             return 0
-        n = s3dlio.copy(src, dst, config=cfg)
+        size = s3dlio.stat(src, config=cfg).size if out.progress else None
+        with _Progress(out, "cp", "write", size, 1):
+            n = s3dlio.copy(src, dst, config=cfg)
         out.record({"src": src, "dst": dst, "bytes": n}, f"copied {src} -> {dst} ({n} bytes)")
         return 0
     src_dir, dst_dir = src.rstrip("/") + "/", dst.rstrip("/") + "/"
-    if not (a.include or a.exclude or a.no_clobber):
-        n = s3dlio.copy_tree(src_dir, dst_dir, config=cfg)
-        out.record(
-            {"src": src_dir, "dst": dst_dir, "objects": n}, f"copied {n} objects {src_dir} -> {dst_dir}"
-        )
-        return 0
-    rels = _relative_files(src_dir, cfg, a.include or [], a.exclude or [])
-
-    def one(rel: str) -> int:
-        target = dst_dir + rel
-        if a.no_clobber and s3dlio.exists(target, config=cfg):
-            return 0
-        s3dlio.copy(src_dir + rel, target, config=cfg)
-        return 1
-
-    with ThreadPoolExecutor(max(1, min(a.jobs or 16, 64))) as ex:
-        n = sum(ex.map(one, rels))
+    only: list[str] | None = None
+    total_bytes = total_objects = None
+    if a.include or a.exclude or a.no_clobber or out.progress:
+        tree = _tree(src_dir, cfg, a.include or [], a.exclude or [])
+        if a.no_clobber:
+            there = {o.uri[len(dst_dir) :] for o in s3dlio.list_iter(dst_dir, recursive=True, config=cfg)}
+            skipped = [k for k in tree if k in there]
+            for k in skipped:
+                del tree[k]
+            if skipped:
+                out.note(f"skipped {len(skipped)} objects that exist (--no-clobber)")
+        if a.include or a.exclude or a.no_clobber:
+            only = builtins.list(tree)
+        total_bytes, total_objects = sum(tree.values()), len(tree)
+    with _Progress(out, "cp", "write", total_bytes, total_objects):
+        n = s3dlio.copy_tree(src_dir, dst_dir, only=only, config=cfg) if only != [] else 0
     out.record({"src": src_dir, "dst": dst_dir, "objects": n}, f"copied {n} objects {src_dir} -> {dst_dir}")
     return 0
 
@@ -238,35 +352,29 @@ def cmd_sync(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     if a.dry_run:
         out.note(f"dry run: {len(todo)} to copy, {len(extra)} to delete")
         return 0
-
-    def one(k: str) -> None:
-        s3dlio.copy(src_dir + k, dst_dir + k, config=cfg)
-
-    with ThreadPoolExecutor(max(1, min(a.jobs or 16, 64))) as ex:
-        builtins.list(ex.map(one, todo))
-        builtins.list(ex.map(lambda k: s3dlio.delete(dst_dir + k, config=cfg), extra))
+    if todo:
+        with _Progress(out, "sync", "write", sum(src[k].size for k in todo), len(todo)):
+            s3dlio.copy_tree(src_dir, dst_dir, only=todo, config=cfg)
+    if extra:
+        with _Progress(out, "delete", "delete", total_objects=len(extra)):
+            s3dlio.delete_many([dst_dir + k for k in extra], config=cfg)
     out.note(f"{len(todo)} copied, {len(extra)} deleted, {len(src) - len(todo)} up to date")
     return 0
 
 
 def _sizes(spec: str, count: int, seed: int) -> builtins.list[int]:
-    """``N`` (every object N bytes) or ``MIN-MAX`` (uniform in [MIN, MAX], seeded)."""
+    """``N`` (every object N bytes) or ``MIN-MAX`` (uniform in [MIN, MAX], seeded); sizes take
+    units (``64KiB-1MiB``)."""
     import numpy as np
 
-    try:
-        if "-" in spec:
-            lo, hi = (int(x) for x in spec.split("-", 1))
-            if not 0 <= lo <= hi:
-                raise ValueError
-            return [int(x) for x in np.random.default_rng([seed, 1]).integers(lo, hi + 1, count)]
-        n = int(spec)
-        if n < 0:
-            raise ValueError
-        return [n] * count
-    except ValueError:
-        raise exc.InvalidConfigError(
-            f"--size must be BYTES or MIN-MAX (0 <= MIN <= MAX), got {spec!r}"
-        ) from None
+    lo_s, dash, hi_s = spec.partition("-")
+    lo = _parse_size(lo_s, "--size")
+    if not dash:
+        return [lo] * count
+    hi = _parse_size(hi_s, "--size")
+    if lo > hi:
+        raise exc.InvalidConfigError(f"--size MIN-MAX needs MIN <= MAX, got {spec!r}")
+    return [int(x) for x in np.random.default_rng([seed, 1]).integers(lo, hi + 1, count)]
 
 
 def cmd_gen(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
@@ -281,19 +389,154 @@ def cmd_gen(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     prefix = _uri(a.prefix).rstrip("/") + "/"
     sizes = _sizes(a.size, a.count, a.seed)
     width = max(5, len(str(max(a.count - 1, 0))))
-    batch, written = 256, 0
-    for start in range(0, a.count, batch):
-        items: builtins.list[tuple[str, bytes]] = []
-        for i in range(start, min(start + batch, a.count)):
-            items.append(
-                (f"{prefix}{i:0{width}d}.bin", np.random.default_rng([a.seed, 0, i]).bytes(sizes[i]))
-            )
-        s3dlio.put_many(items, max_concurrency=a.jobs, config=cfg)
-        written += sum(sizes[start : start + batch])
+    batch = 256
+    with _Progress(out, "gen", "write", sum(sizes), a.count):
+        for start in range(0, a.count, batch):
+            items: builtins.list[tuple[str, bytes]] = []
+            for i in range(start, min(start + batch, a.count)):
+                data = np.random.default_rng([a.seed, 0, i]).bytes(sizes[i])
+                items.append((f"{prefix}{i:0{width}d}.bin", data))
+            s3dlio.put_many(items, max_concurrency=a.jobs, config=cfg)
+    written = sum(sizes)
     out.record(
         {"prefix": prefix, "objects": a.count, "bytes": written},
         f"wrote {a.count} objects, {written} bytes under {prefix}",
     )
+    return 0
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+_UNITS.update({"g": 1000**3, "gb": 1000**3, "gib": 1024**3})
+
+
+def _parse_size(text: str, what: str) -> int:
+    """``65536``, ``64KiB``, ``1MiB``, ``16MB``, ``2GiB`` -> bytes."""
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num) :].strip()
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        n = int(float(num) * _UNITS[unit])
+        if n < 0:
+            raise ValueError
+        return n
+    except ValueError:
+        raise exc.InvalidConfigError(
+            f"{what} must be a byte count such as 65536, 64KiB, 1MiB or 16MB, got {text!r}"
+        ) from None
+
+
+def _phase(name: str, s: dict[str, Any], seconds: float, concurrency: int) -> dict[str, Any]:
+    """One bench phase's record, from the core's counters over the phase."""
+    op = s["ops"][name]
+    n = s["objects_read"] if name == "get" else s["objects_written"]
+    nbytes = op["bytes"]
+
+    def pick(h: dict[str, Any]) -> dict[str, Any]:
+        return {k: h[k] for k in ("p50", "p90", "p99", "max", "mean")}
+
+    return {
+        "phase": name,
+        "objects": n,
+        "bytes": nbytes,
+        "seconds": round(seconds, 3),
+        "MB/s": round(nbytes / seconds / 1e6, 1) if seconds else None,
+        "obj/s": round(n / seconds, 1) if seconds else None,
+        "requests": op["requests"],
+        "concurrency": concurrency,
+        "max_in_flight": s["max_in_flight"],
+        "ttfb_ms": pick(op["ttfb_ms"]),
+        "latency_ms": pick(op["latency_ms"]),
+        "errors": {k: v for k, v in s["errors"].items() if v},
+        "retries": {k: v for k, v in s["retries"].items() if v},
+    }
+
+
+def _phase_text(r: dict[str, Any]) -> str:
+    def ms(h: dict[str, Any]) -> str:
+        if h["p50"] is None:
+            return "-"
+        return f"{h['p50']:.2f}/{h['p90']:.2f}/{h['p99']:.2f} ms"
+
+    errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "none"
+    retries = ", ".join(f"{k} {v}" for k, v in r["retries"].items()) or "none"
+    return (
+        f"{r['phase'].upper():<4} {r['objects']} objects, {_human(r['bytes'])} in {r['seconds']:.2f} s: "
+        f"{r['MB/s']} MB/s, {r['obj/s']} obj/s (concurrency {r['concurrency']}, max in flight "
+        f"{r['max_in_flight']})\n"
+        f"     TTFB p50/p90/p99 {ms(r['ttfb_ms'])}; latency p50/p90/p99 {ms(r['latency_ms'])}\n"
+        f"     errors: {errors}; retries: {retries}"
+    )
+
+
+def cmd_bench(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
+    """PUT then GET ``--count`` objects of ``--size`` under a fresh prefix inside URI (deleted
+    afterwards unless ``--keep``), or with no ``--size`` GET the objects already under URI. GETs
+    replay a training epoch: s3dlio's DataLoader, batches of ``--batch-size``, shuffled with
+    ``--shuffle``, ``--concurrency`` requests in flight, epochs repeated for ``--duration``
+    seconds (default: one epoch). Every figure comes from the core's counters (s3dlio.stats())."""
+    import numpy as np
+
+    import s3dlio
+
+    if a.count is not None and a.count <= 0:
+        raise exc.InvalidConfigError(f"--count must be > 0, got {a.count}")
+    if a.concurrency <= 0:
+        raise exc.InvalidConfigError(f"--concurrency must be > 0, got {a.concurrency}")
+    if a.duration is not None and a.duration <= 0:
+        raise exc.InvalidConfigError(f"--duration must be > 0 seconds, got {a.duration}")
+    base = _uri(a.uri).rstrip("/") + "/"
+    results = []
+    written: builtins.list[str] = []
+    try:
+        if a.size is not None:
+            size, count = _parse_size(a.size, "--size"), a.count or 100
+            prefix = f"{base}s3dlio-bench-{int(time.time())}-{os.getpid()}/"
+            data = np.random.default_rng(a.seed).bytes(size)
+            written = [f"{prefix}{i:08d}.bin" for i in range(count)]
+            s3dlio.stats(reset=True)
+            t0 = time.perf_counter()
+            with _Progress(out, "put", "write", size * count, count):
+                s3dlio.put_many([(u, data) for u in written], max_concurrency=a.concurrency, config=cfg)
+            results.append(_phase("put", s3dlio.stats(reset=True), time.perf_counter() - t0, a.concurrency))
+            uris, sizes = written, [size] * count
+        else:
+            listed = [o for o in s3dlio.list_iter(base, recursive=True, config=cfg) if not o.is_dir]
+            if a.count:
+                listed = listed[: a.count]
+            if not listed:
+                raise exc.NotFoundError(f"{base}: no objects to read (pass --size to write some)", base)
+            uris, sizes = [o.uri for o in listed], [o.size for o in listed]
+        ds = s3dlio.ObjectDataset(uris, sizes=sizes, config=cfg)
+        pool = s3dlio.PoolConfig(pool_size=a.concurrency, readahead_batches=4)
+        loader = s3dlio.DataLoader(
+            ds, batch_size=a.batch_size, shuffle=a.shuffle, seed=a.seed, collate_fn=lambda b: b, pool=pool
+        )
+        epoch_bytes = sum(sizes)
+        deadline = None if a.duration is None else time.perf_counter() + a.duration
+        s3dlio.stats(reset=True)
+        t0 = time.perf_counter()
+        with _Progress(
+            out, "get", "read", None if deadline else epoch_bytes, None if deadline else len(uris)
+        ):
+            epoch = 0
+            while True:
+                loader.set_epoch(epoch)
+                for _batch in loader:
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        break
+                epoch += 1
+                if deadline is None or time.perf_counter() >= deadline:
+                    break
+        elapsed = time.perf_counter() - t0
+        loader.close()
+        results.append(_phase("get", s3dlio.stats(), elapsed, a.concurrency))
+    finally:
+        if written and not a.keep:
+            s3dlio.delete_prefix(written[0].rsplit("/", 1)[0], config=cfg)
+    for r in results:
+        out.record(r, _phase_text(r))
     return 0
 
 
@@ -336,7 +579,8 @@ def cmd_rm(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
         if not _confirm(f"delete {len(victims)} objects under {uri}?"):
             out.note("nothing deleted")
             return 1
-    n = s3dlio.delete_prefix(uri, config=cfg)
+    with _Progress(out, "rm", "delete", total_objects=len(victims)):
+        n = s3dlio.delete_prefix(uri, config=cfg)
     out.record({"uri": uri, "deleted": n}, f"deleted {n} objects")
     return 0
 
@@ -390,6 +634,28 @@ def cmd_du(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
 # --- parser and main ------------------------------------------------------------------------------
 
 
+_EXAMPLES = {
+    "ls": ["s3dlio ls s3://bucket/data/", "s3dlio ls -rlh 's3://bucket/data/*.npz'"],
+    "stat": ["s3dlio stat s3://bucket/data/000001.bin"],
+    "cat": ["s3dlio cat s3://bucket/log.txt | head", "s3dlio cat --range 0:512 s3://bucket/shard.tar | xxd"],
+    "cp": [
+        "s3dlio cp ./model.pt s3://bucket/ckpt/",
+        "s3dlio cp -r ./dataset s3://bucket/dataset --exclude '*.tmp' -j 64",
+        "tar c dir | s3dlio cp - s3://bucket/dir.tar",
+    ],
+    "sync": ["s3dlio sync ./dataset s3://bucket/dataset --delete --dry-run"],
+    "gen": ["s3dlio gen s3://bucket/synthetic --count 10000 --size 65536-262144 --seed 1"],
+    "bench": [
+        "s3dlio bench s3://bucket/scratch --size 16MiB --count 64 -j 32",
+        "s3dlio bench s3://bucket/dataset/ --shuffle --duration 30 --json",
+    ],
+    "rm": ["s3dlio rm s3://bucket/data/old.bin", "s3dlio rm -r s3://bucket/scratch --dry-run"],
+    "mb": ["s3dlio mb s3://new-bucket"],
+    "rb": ["s3dlio rb s3://old-bucket --force"],
+    "du": ["s3dlio du -h s3://bucket/dataset"],
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -410,7 +676,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[..., int], help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, add_help=False)
+        examples = "\n".join(f"  {e}" for e in _EXAMPLES[name])
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            add_help=False,
+            epilog=f"examples:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.add_argument("--help", action="help", help="show this help and exit")
         sp.set_defaults(fn=fn)
         return sp
@@ -445,9 +719,23 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("gen", cmd_gen, "write a synthetic dataset of seeded random objects")
     sp.add_argument("prefix")
     sp.add_argument("--count", type=int, required=True, help="objects to write")
-    sp.add_argument("--size", default="65536", help="bytes per object, or MIN-MAX (uniform, seeded)")
+    sp.add_argument(
+        "--size", default="65536", help="bytes per object (65536, 64KiB, 1MiB), or MIN-MAX (uniform, seeded)"
+    )
     sp.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
     sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="requests in flight")
+    sp = add(
+        "bench", cmd_bench, "measure GET (and PUT) throughput, TTFB and latency on a training read pattern"
+    )
+    sp.add_argument("uri", help="where to write the bench objects, or (without --size) the objects to read")
+    sp.add_argument("--size", help="PUT then GET objects of this size (65536, 64KiB, 16MiB, ...)")
+    sp.add_argument("--count", type=int, help="objects (default 100 with --size; else all listed)")
+    sp.add_argument("-j", "--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    sp.add_argument("--batch-size", type=int, default=16, help="objects per loader batch (default 16)")
+    sp.add_argument("--shuffle", action="store_true", help="read in a seeded random order, new every epoch")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--duration", type=float, help="read epochs for this many seconds (default: one epoch)")
+    sp.add_argument("--keep", action="store_true", help="keep the objects --size wrote")
     sp = add("rm", cmd_rm, "delete one object, or with -r a prefix (a directory: p and p/..., never p2)")
     sp.add_argument("uri")
     sp.add_argument("-r", "--recursive", action="store_true")
@@ -492,9 +780,31 @@ def _exit_code(e: BaseException) -> int:
     return 1
 
 
+def _counters() -> dict[str, int]:
+    import s3dlio
+
+    s = s3dlio.stats()
+    return {k: int(s[k]) for k in ("objects_written", "bytes_written", "bytes_copied", "objects_deleted")}
+
+
+def _done_since(start: dict[str, int]) -> str:
+    """What was done before an interruption: `` after writing 3 objects (12.0 MiB) and deleting
+    0`` (empty when nothing was)."""
+    now = _counters()
+    d = {k: now[k] - start[k] for k in now}
+    if not any(d.values()):
+        return "; nothing was written or deleted"
+    size = _human(d["bytes_written"] + d["bytes_copied"])
+    return (
+        f"; done before it: {d['objects_written']} objects written ({size} sent in all), "
+        f"{d['objects_deleted']} deleted; writes left unfinished were aborted, never published"
+    )
+
+
 def main(argv: builtins.list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     out = _Out(a.json, a.quiet)
+    start = _counters()
     try:
         cfg = _config(a)
         rc = int(a.fn(a, cfg, out))
@@ -506,7 +816,7 @@ def main(argv: builtins.list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("s3dlio: interrupted", file=sys.stderr)
+        print(f"s3dlio: interrupted{_done_since(start)}", file=sys.stderr)
         return 130
     except (exc.S3dlioError, OSError, ValueError) as e:
         msg = str(e) if a.verbose else str(e).splitlines()[0]

@@ -3,21 +3,33 @@ with relative local paths, against the real servers the suite starts."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
 
 import s3dlio
+from faultproxy import FaultProxy
+from helpers import wait_until
 
 MiB = 1024 * 1024
 
 
 def run(
-    *args: str, cwd: Path, stdin: bytes | None = None, check: bool = True
+    *args: str,
+    cwd: Path,
+    stdin: bytes | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     p = subprocess.run(
         [sys.executable, "-P", "-m", "s3dlio", *args],
@@ -26,6 +38,7 @@ def run(
         capture_output=True,
         timeout=120,
         check=False,
+        env=env,
     )
     if check:
         assert p.returncode == 0, (args, p.returncode, p.stderr.decode())
@@ -199,3 +212,148 @@ def test_gen_writes_seeded_objects_of_the_sizes_asked(bucket: str, tmp_path: Pat
     assert (tmp_path / "out" / Path(objs[0].uri).name).read_bytes() == first  # the same seed, the same bytes
     bad = run("gen", f"s3://{bucket}/g2", "--count", "1", "--size", "9-3", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and b"--size" in bad.stderr
+
+
+def test_permission_denied_exits_4(bucket: str, tmp_path: Path) -> None:
+    s3dlio.put(f"s3://{bucket}/k", b"x")
+    env = dict(os.environ, AWS_SECRET_ACCESS_KEY="not-the-secret")
+    p = run("cat", f"s3://{bucket}/k", cwd=tmp_path, check=False, env=env)
+    assert p.returncode == 4, p
+    assert p.stderr.startswith(b"s3dlio: error: ") and b"not-the-secret" not in p.stderr, p.stderr
+    assert f"s3://{bucket}/k".encode() in p.stderr and b"Traceback" not in p.stderr
+
+
+def test_every_command_has_help_with_an_example(tmp_path: Path) -> None:
+    for cmd in ("ls", "stat", "cat", "cp", "sync", "gen", "bench", "rm", "mb", "rb", "du"):
+        out = run(cmd, "--help", cwd=tmp_path).stdout.decode()
+        assert "examples:" in out and f"s3dlio {cmd}" in out.split("examples:", 1)[1], (cmd, out)
+
+
+NAMES = ["a b.bin", "ünïcødé.bin", "x+y=z&w.bin", "pct%20lit.bin", "hash#q.bin", "n e/s t/ed.bin", "d/x.bin"]
+
+
+def test_cp_r_special_names_both_ways_byte_for_byte(bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    want = {}
+    for i, name in enumerate(NAMES):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        want[name] = os.urandom(100 + i)
+        (src / name).write_bytes(want[name])
+    run("cp", "-r", "src", f"s3://{bucket}/tree", cwd=tmp_path)
+    listed = {o.uri.split("/tree/", 1)[1] for o in s3dlio.list(f"s3://{bucket}/tree/")}
+    assert listed == set(NAMES)
+    run("cp", "-r", f"s3://{bucket}/tree", "back", cwd=tmp_path)
+    got = {
+        str(p.relative_to(tmp_path / "back")): p.read_bytes()
+        for p in (tmp_path / "back").rglob("*")
+        if p.is_file()
+    }
+    assert got == want
+
+
+def _pty_run(args: list[str], cwd: Path) -> tuple[int, bytes]:
+    """Run the CLI with stderr on a pseudo-terminal (100x30); returns (exit code, what it drew)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    p = subprocess.Popen(
+        [sys.executable, "-P", "-m", "s3dlio", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=slave
+    )
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return p.wait(timeout=120), drawn
+
+
+def test_a_progress_bar_on_a_terminal_and_not_on_a_pipe(bucket: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"{i}.bin").write_bytes(os.urandom(50_000))
+    code, drawn = _pty_run(["cp", "-r", "src", f"s3://{bucket}/tty"], tmp_path)
+    assert code == 0, drawn
+    text = drawn.decode(errors="replace")
+    # The last frame: every byte and object counted by the core, 100 %.
+    assert "100%|" in text and "20/20 objects" in text and "1.00M/1.00M" in text, text
+    piped = run("cp", "-r", "src", f"s3://{bucket}/pipe", cwd=tmp_path)
+    assert b"%|" not in piped.stderr and b"objects]" not in piped.stderr, piped.stderr
+    quiet_code, quiet = _pty_run(["-q", "cp", "-r", "src", f"s3://{bucket}/quiet"], tmp_path)
+    assert quiet_code == 0 and b"%|" not in quiet, quiet
+
+
+def test_bench_put_then_get_with_latency_and_cleanup(bucket: str, tmp_path: Path) -> None:
+    p = run(
+        "--json", "bench", f"s3://{bucket}/b", "--size", "64KiB", "--count", "24", "-j", "4", cwd=tmp_path
+    )
+    put, get = (json.loads(ln) for ln in p.stdout.splitlines())
+    assert (put["phase"], get["phase"]) == ("put", "get")
+    for r in (put, get):
+        assert (r["objects"], r["bytes"]) == (24, 24 * 65536), r
+        assert r["MB/s"] > 0 and r["obj/s"] > 0 and r["errors"] == {} and r["concurrency"] == 4
+        assert 1 <= r["max_in_flight"] <= 4
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert get["ttfb_ms"]["p50"] is not None and get["ttfb_ms"]["p50"] <= get["latency_ms"]["max"]
+    assert s3dlio.list(f"s3://{bucket}/b/") == []  # its objects are deleted afterwards
+
+
+def test_bench_reads_an_existing_prefix_and_reports_retries_by_cause(
+    bucket: str, tmp_path: Path, proxy: FaultProxy
+) -> None:
+    s3dlio.put_many([(f"s3://{bucket}/ds/{i}", b"d" * 1000) for i in range(10)])
+    proxy.set_mode("http503", count=3, match="^GET /[^?]*/ds/")
+    p = run(
+        "--json", "--endpoint-url", proxy.endpoint, "bench", f"s3://{bucket}/ds/", "--shuffle", "-j", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
+    (get,) = (json.loads(ln) for ln in p.stdout.splitlines())
+    assert (get["objects"], get["bytes"]) == (10, 10_000)
+    assert get["retries"] == {"throttled": 3} and get["errors"] == {}
+    text = run("bench", f"s3://{bucket}/ds/", "--count", "4", cwd=tmp_path).stdout.decode()
+    assert text.startswith("GET  4 objects") and "TTFB p50/p90/p99" in text, text
+    empty = run("bench", f"s3://{bucket}/none/", cwd=tmp_path, check=False)
+    assert empty.returncode == 3 and b"no objects" in empty.stderr
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_during_cp_leaves_no_object_and_no_upload(
+    bucket: str,
+    tmp_path: Path,
+    proxy: FaultProxy,
+    boto3_client,  # type: ignore[no-untyped-def]
+) -> None:
+    """Two parts reach the server, the rest hang in the proxy; Ctrl-C: exit 130 at once, a note of
+    what was done, no object, and no multipart upload left open."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(40 * MiB))
+    proxy.set_mode("pass", count=2, then="blackhole", match=r"[?&]partNumber=")
+    child = subprocess.Popen(
+        [
+            sys.executable, "-P", "-m", "s3dlio", "--endpoint-url", proxy.endpoint,
+            "cp", "big.bin", f"s3://{bucket}/big.bin", "--part-size", str(5 * MiB), "-j", "4",
+        ],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert wait_until(lambda: proxy.faults_injected >= 1, timeout=30), child.communicate(timeout=5)
+        time.sleep(0.5)  # the two parts that passed are stored
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert took < 10, took  # generous: the bound asserted is "no hang"
+    assert err.decode().startswith("s3dlio: interrupted"), err
+    assert b"Traceback" not in err
+    assert not s3dlio.exists(f"s3://{bucket}/big.bin")
+    assert any(m == "DELETE" and "uploadId=" in path for m, path, _ in proxy.request_log), proxy.request_log
+    assert boto3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
