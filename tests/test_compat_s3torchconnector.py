@@ -478,6 +478,8 @@ def test_client_config_knobs_we_cannot_honour(endpoint: str) -> None:
     assert isinstance(e.value, ValueError)
     with pytest.warns(UserWarning, match="throughput_target_gbps"):
         client(endpoint, throughput_target_gbps=100.0)
+    with pytest.warns(UserWarning, match="user_agent"):
+        S3Client(REGION, endpoint=endpoint, user_agent=object())
     with pytest.raises(S3Exception, match="part_size"):
         client(endpoint, part_size=1024)
     with pytest.raises(S3Exception, match="storage_class"):

@@ -228,7 +228,7 @@ def _storage_config(region: str | None, endpoint: str | None, cfg: S3ClientConfi
             f"S3ClientConfig(throughput_target_gbps={cfg.throughput_target_gbps}) has no effect in "
             "s3dlio; concurrency is set by s3dlio.StorageConfig(max_concurrency=...)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=3,
         )
     with _s3_errors():
         return StorageConfig(
