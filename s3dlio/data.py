@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -399,6 +401,7 @@ class DataLoader(Generic[T]):
         cancel_token: _core.CancelToken | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        log_stats: bool = False,
     ) -> None:
         given = {"sampler": sampler, "batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn}
         given["multiprocessing_context"] = multiprocessing_context
@@ -454,6 +457,9 @@ class DataLoader(Generic[T]):
         self._active: weakref.ReferenceType[_EpochIterator[T]] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        self.log_stats = bool(log_stats)
+        self._scope: tuple[int, _core.LoaderScope] | None = None
+        self._epoch_start: tuple[float, dict[str, Any]] | None = None
 
     # torch-style read-only attributes
     @property
@@ -575,10 +581,40 @@ class DataLoader(Generic[T]):
             self._executor = ThreadPoolExecutor(n, thread_name_prefix="s3dlio-worker")
         return self._executor
 
+    def _scope_handle(self) -> _core.LoaderScope:
+        """This loader's counters and adaptive limit in this process (a forked child starts its
+        own)."""
+        if self._scope is None or self._scope[0] != os.getpid():
+            self._scope = (os.getpid(), _core.LoaderScope(self.pool.to_dict(), self.range_engine.to_dict()))
+        return self._scope[1]
+
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """This loader's storage counters (every epoch so far, in this process): the keys of
+        :func:`s3dlio.stats` counted for this loader's requests only, plus
+
+        * ``wait``: ``consumer_s``, the seconds the consumer (the training loop) waited for a
+          batch; ``producer_s``, the seconds finished batches waited for the consumer because the
+          read-ahead window was full; ``batches`` delivered. A loop that waits more than its
+          batches do is input-bound (see docs/observability.md);
+        * ``concurrency``: ``adaptive`` and, when it is, the current ``limit`` on request attempts
+          in flight, its ``min`` and ``max``, the attempts ``in_flight`` now and the ``cuts``
+          made when the store throttled or stopped answering.
+
+        ``reset=True`` starts the counters again from zero after this read."""
+        return self._scope_handle().stats(reset)
+
+    def _epoch_started(self) -> None:
+        if self.log_stats:
+            self._epoch_start = (time.monotonic(), self.stats())
+
     def _epoch_done(self) -> None:
         if self._executor is not None and not self.options.persistent_workers:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        if self.log_stats and self._epoch_start is not None:
+            t0, before = self._epoch_start
+            self._epoch_start = None
+            _log.info(_epoch_summary(self._epoch - 1, time.monotonic() - t0, before, self.stats()))
 
     def live_tasks(self) -> int:
         """Rust tasks this loader has alive right now (0 when idle or closed)."""
@@ -632,9 +668,11 @@ class _EpochIterator(Generic[T]):
         readahead = loader.pool.readahead_batches
         self._window = 0 if self._workers is None else max(1, min(o.num_workers, readahead - 1))
         pool = dict(loader.pool.to_dict(), readahead_batches=max(1, readahead - self._window))
+        loader._epoch_started()  # before the stream starts fetching
         self._stream = _core.BatchStream(
             ds.uris, [order[p] for p in remaining], o.to_dict(), pool,
             loader.range_engine.to_dict(), ds.sizes, _native(ds.config), loader.cancel_token,
+            loader._scope_handle(),
         )  # fmt: skip
         self._pending: collections.deque[tuple[list[int], Future[Any]]] = collections.deque()
         self._exhausted = False
@@ -732,6 +770,37 @@ class _EpochIterator(Generic[T]):
                 self.cancel()
             else:
                 self.close()
+
+
+_log = logging.getLogger("s3dlio")
+
+
+def _epoch_summary(epoch: int, seconds: float, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """One line on an epoch, from the loader's counters before and after it."""
+
+    def d(key: str) -> int:
+        return int(after[key]) - int(before[key])
+
+    waited = after["wait"]["consumer_s"] - before["wait"]["consumer_s"]
+    held = after["wait"]["producer_s"] - before["wait"]["producer_s"]
+    retries = {k: v - before["retries"][k] for k, v in after["retries"].items() if v > before["retries"][k]}
+    errors = {k: v - before["errors"][k] for k, v in after["errors"].items() if v > before["errors"][k]}
+    mb = d("bytes_read") / 1e6
+    share = 100 * waited / seconds if seconds > 0 else 0.0
+    line = (
+        f"s3dlio epoch {epoch}: {d('objects_read')} objects, {mb:.1f} MB in {seconds:.2f} s "
+        f"({mb / seconds if seconds > 0 else 0:.1f} MB/s); the loop waited {waited:.2f} s for data "
+        f"({share:.0f}% of the epoch: {'input-bound' if share > 10 else 'not input-bound'}), "
+        f"batches waited {held:.2f} s for the loop"
+    )
+    conc = after["concurrency"]
+    if conc.get("adaptive"):
+        line += f"; concurrency limit {conc['limit']:.0f} of {conc['max']} ({conc['cuts']} cuts so far)"
+    if retries:
+        line += "; retries " + ", ".join(f"{k} {v}" for k, v in retries.items())
+    if errors:
+        line += "; errors " + ", ".join(f"{k} {v}" for k, v in errors.items())
+    return line
 
 
 def _pin(batch: Any) -> Any:

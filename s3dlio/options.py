@@ -75,6 +75,14 @@ class PoolConfig:
     readahead_batches: int
     #: Deadline of one object request, retries included (``None``: the storage timeouts only).
     request_timeout: float | None = None
+    #: Adapt the attempts in flight to the store: halve them when it throttles (503 SlowDown, 429)
+    #: or stops answering, climb back as requests succeed (``False``: always ``pool_size``).
+    adaptive: bool = True
+    #: The fewest requests in flight adaptation goes down to (1 to ``pool_size``).
+    min_pool_size: int = 1
+    #: While the store throttles or does not answer, the seconds a request keeps waiting on the
+    #: pool's probes (which cost it none of ``StorageConfig.max_attempts``) before it fails.
+    pushback_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         _core.validate_pool_config(self.to_dict())

@@ -260,6 +260,17 @@ class LocalS3Server:
     def log_path(self) -> str:
         return os.path.join(self.data_dir or ".", "weed.log")
 
+    def kill(self) -> None:
+        """SIGKILL the server (a crash) and keep its data: :meth:`start` brings it back on the
+        same port with the same objects."""
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+            self._proc = None
+
     def stop(self) -> None:
         """SIGKILL the server's process group (SIGTERM takes ~26 s; the data is throwaway)."""
         if self._proc is not None:

@@ -11,6 +11,9 @@ Modes (``proxy.set_mode(mode, count=None, match=None, stall_after=65536, rate=10
 ``blackhole``   read requests (and their bodies), never answer, keep the socket open.
 ``stall_body``  forward the response headers and the first ``stall_after`` body bytes, then send
                 nothing more while keeping the socket open.
+``reset_body``  forward the response headers and the first ``stall_after`` body bytes, then reset
+                the connection (TCP RST) mid-body.
+``close_body``  the same, but close the connection cleanly (FIN) mid-body: a short body.
 ``reset``       close the client connection with a TCP RST (``SO_LINGER`` 0).
 ``http503``     answer with ``503 SlowDown`` (S3 XML error) and ``Connection: close``.
 ``http500``     the same with ``500 InternalError``.
@@ -60,6 +63,8 @@ MODES = (
     "pass",
     "blackhole",
     "stall_body",
+    "reset_body",
+    "close_body",
     "reset",
     "http503",
     "http500",
@@ -430,7 +435,7 @@ class FaultProxy:
                         _copy_body(up_rd, rheaders, lambda b: None, until_close=True)
                     self._kill(client, rst=True)  # the server answered; the client never hears it
                     return
-                if fault == "stall_body" and _response_has_body(method, status):
+                if fault in ("stall_body", "reset_body", "close_body") and _response_has_body(method, status):
                     client.sendall(rraw)
                     budget = [self.stall_after]
 
@@ -449,7 +454,10 @@ class FaultProxy:
                             return  # the upstream closed early; nothing to stall
                         self._kill(upstream)
                         upstream = None
-                        self._hang(client)  # stalled: headers and stall_after bytes sent, then nothing
+                        if fault == "stall_body":
+                            self._hang(client)  # headers and stall_after bytes sent, then nothing
+                        else:
+                            self._kill(client, rst=fault == "reset_body")  # cut mid-body
                         return
                     if not complete:
                         return

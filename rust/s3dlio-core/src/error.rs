@@ -82,6 +82,12 @@ impl Error {
         self
     }
 
+    /// The same error with `suffix` added to its message.
+    pub fn with_suffix(mut self, suffix: &str) -> Self {
+        self.message.push_str(suffix);
+        self
+    }
+
     /// What the server said, when the error came from a server response.
     pub fn detail(&self) -> Option<&ServerDetail> {
         self.detail.as_deref()

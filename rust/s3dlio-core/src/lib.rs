@@ -9,6 +9,8 @@
 //!   engine (`ops::range`), multipart writes (`ops::write`) and tree transfers (`ops::transfer`).
 //! * [`io`]: the streaming writer and the seekable reader behind `s3dlio.open`.
 //! * [`metrics`]: per-process transfer counters and latency histograms (`s3dlio.stats()`).
+//! * [`limiter`], [`scope`]: adaptive (AIMD) concurrency and the per-pool counters a loader's
+//!   requests share.
 //! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
 //! * [`options`]: the three configuration levels (LoaderOptions, PoolConfig, RangeEngineConfig).
 //! * [`buf`]: zeroed object buffers (huge-page mappings when large), frozen into `Bytes`.
@@ -21,6 +23,7 @@ pub mod buf;
 pub mod config;
 pub mod error;
 pub mod io;
+pub mod limiter;
 pub mod loader;
 pub mod metrics;
 pub mod ops;
@@ -28,6 +31,7 @@ pub mod options;
 pub mod registry;
 pub mod runtime;
 pub mod sampler;
+pub mod scope;
 pub mod types;
 pub mod uri;
 

@@ -23,9 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limiter::Limiter;
 use crate::ops;
 use crate::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
 use crate::runtime::Context;
+use crate::scope::Scope;
 use crate::uri::Location;
 
 /// Spawn `producer` on `ctx`, tracked by `tracker` (and by `ctx`), feeding a channel of capacity `cap`. The
@@ -141,6 +143,7 @@ pub struct BatchLoader {
     token: CancellationToken,
     tracker: TaskTracker,
     stats: Arc<LoaderStats>,
+    scope: Arc<Scope>,
 }
 
 /// Everything one fetch needs; shared by all the loader's requests.
@@ -184,6 +187,9 @@ impl Fetcher {
 impl BatchLoader {
     /// Start fetching `order` (dataset indices, in epoch order) from `source`. The loader's root
     /// token is a child of `parent`: cancelling `parent` stops every loader made from it.
+    ///
+    /// The loader's requests count in `scope` (a loader's counters and adaptive limit, kept across
+    /// its epochs; see [`BatchLoader::scope_for`]), or in a new scope of their own.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         ctx: &Context,
@@ -194,7 +200,9 @@ impl BatchLoader {
         range: &RangeEngineConfig,
         cfg: &StoreConfig,
         parent: Option<&CancellationToken>,
+        scope: Option<Arc<Scope>>,
     ) -> BatchLoader {
+        let scope = scope.unwrap_or_else(|| BatchLoader::scope_for(pool, range));
         let token = parent.map_or_else(CancellationToken::new, CancellationToken::child_token);
         let tracker = TaskTracker::new();
         let batch_size = opts.batch_size.max(1);
@@ -208,14 +216,18 @@ impl BatchLoader {
         // The producer also watches the token itself: a producer whose requests and sends are all
         // ready can loop many times within one poll, never returning to spawn_prefetch's select.
         let stop = token.clone();
+        let fetch_scope = Arc::clone(&scope);
         let rx = spawn_prefetch(ctx, &tracker, pool.readahead_batches, token.clone(), move |tx| async move {
+            let scope = fetch_scope;
             let fetcher = Arc::new(Fetcher { source, cfg, range, request_timeout, stats: fetch_stats });
             // take_until: once cancelled, not one more request starts.
             let order = futures::stream::iter(order.into_iter().enumerate())
                 .take_until(stop.clone().cancelled_owned());
+            let req_scope = Arc::clone(&scope);
             let requests = order.map(move |(pos, idx)| {
                 let f = Arc::clone(&fetcher);
-                async move { (pos, idx, f.fetch(idx).await) }
+                let fetch = Scope::run(&req_scope, async move { f.fetch(idx).await });
+                async move { (pos, idx, fetch.await) }
             });
             let items: BoxStream<'static, (usize, u64, Result<Bytes>)> = if in_order {
                 requests.buffered(pool_size).boxed()
@@ -245,18 +257,54 @@ impl BatchLoader {
                         (Err(BatchFailure { positions, indices, error }), on_error == OnError::Raise)
                     }
                 };
-                if stop.is_cancelled() || tx.send(msg).await.is_err() || halt {
+                if stop.is_cancelled() {
+                    break;
+                }
+                // Room in the window at once, or the batch waits for the consumer.
+                let sent = match tx.try_send(msg) {
+                    Ok(()) => {
+                        scope.stall.producer_waited(Duration::ZERO);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(msg)) => {
+                        let t = tokio::time::Instant::now();
+                        let ok = tx.send(msg).await.is_ok();
+                        scope.stall.producer_waited(t.elapsed());
+                        ok
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                };
+                if !sent || halt {
                     break;
                 }
             }
         });
         tracker.close();
-        BatchLoader { rx, token, tracker, stats }
+        BatchLoader { rx, token, tracker, stats, scope }
+    }
+
+    /// A loader's scope: its counters, its stall times and (with `pool.adaptive`) its adaptive
+    /// limit on attempts in flight, between `min_pool_size` and `pool_size` requests of
+    /// `max_concurrent_ranges` ranges each.
+    pub fn scope_for(pool: &PoolConfig, range: &RangeEngineConfig) -> Arc<Scope> {
+        let mut limit = pool.limiter();
+        limit.max = limit.max.saturating_mul(range.max_concurrent_ranges.max(1));
+        Scope::new(pool.adaptive.then(|| Limiter::new(limit)))
+    }
+
+    /// The loader's counters, stall times and limit.
+    pub fn scope(&self) -> &Arc<Scope> {
+        &self.scope
     }
 
     /// The next batch, or `None` at the end of the epoch (or after cancellation).
     pub async fn next(&mut self) -> Option<BatchResult> {
-        self.rx.recv().await
+        let t = tokio::time::Instant::now();
+        let next = self.rx.recv().await;
+        if next.is_some() {
+            self.scope.stall.consumer_waited(t.elapsed());
+        }
+        next
     }
 
     /// The loader's root token.

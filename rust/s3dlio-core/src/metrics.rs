@@ -419,12 +419,18 @@ pub(crate) fn ttfb(op: Op, d: Duration) {
     if let Some(m) = current() {
         m.ttfb(op, d);
     }
+    if let Some(s) = crate::scope::current() {
+        s.metrics.ttfb(op, d);
+    }
 }
 
 /// Count a retry of `e` (from the retry loops).
 pub(crate) fn retried(e: &Error) {
     if let Some(m) = current() {
         m.retry(e);
+    }
+    if let Some(s) = crate::scope::current() {
+        s.metrics.retry(e);
     }
 }
 

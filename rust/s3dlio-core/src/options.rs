@@ -11,6 +11,9 @@ use std::time::Duration;
 use crate::config::MIB;
 use crate::error::{Error, Result};
 
+/// Default of [`PoolConfig::pushback_timeout`].
+pub const DEFAULT_PUSHBACK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What happens when an object of the epoch cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnError {
@@ -98,9 +101,27 @@ pub struct PoolConfig {
     pub readahead_batches: usize,
     /// Deadline of one object request, retries included (`None`: the storage timeouts only).
     pub request_timeout: Option<Duration>,
+    /// Adapt the requests in flight to the store: halve them when it throttles or stops
+    /// answering, climb back when requests succeed again (`false`: always `pool_size`).
+    pub adaptive: bool,
+    /// The fewest requests in flight adaptation may go down to (1 ..= `pool_size`).
+    pub min_pool_size: usize,
+    /// While the store throttles or does not answer, how long a request keeps waiting on the
+    /// pool's probes (which cost it no attempt) before it fails.
+    pub pushback_timeout: Duration,
 }
 
 impl PoolConfig {
+    /// The pool's adaptive limit on attempts in flight.
+    pub fn limiter(&self) -> crate::limiter::LimiterConfig {
+        crate::limiter::LimiterConfig {
+            min: self.min_pool_size,
+            max: self.pool_size,
+            adaptive: self.adaptive,
+            pushback_timeout: self.pushback_timeout,
+        }
+    }
+
     /// The pool a loader with these options gets unless one is given: enough requests in flight
     /// to fill the read-ahead window (`readahead_batches × batch_size`), between 16 and 256.
     pub fn from_loader_options(o: &LoaderOptions) -> PoolConfig {
@@ -109,6 +130,9 @@ impl PoolConfig {
             pool_size: (o.batch_size.saturating_mul(readahead_batches)).clamp(16, 256),
             readahead_batches,
             request_timeout: None,
+            adaptive: true,
+            min_pool_size: 1,
+            pushback_timeout: DEFAULT_PUSHBACK_TIMEOUT,
         }
     }
 
@@ -118,6 +142,12 @@ impl PoolConfig {
         }
         if self.readahead_batches == 0 {
             return Err(Error::invalid_config("readahead_batches must be at least 1"));
+        }
+        if self.min_pool_size == 0 || self.min_pool_size > self.pool_size {
+            return Err(Error::invalid_config(format!(
+                "min_pool_size must be between 1 and pool_size ({}), got {}",
+                self.pool_size, self.min_pool_size
+            )));
         }
         Ok(())
     }
@@ -185,6 +215,16 @@ mod tests {
         assert!(LoaderOptions { batch_size: 0, ..Default::default() }.validate().is_err());
         assert!(LoaderOptions { persistent_workers: true, ..Default::default() }.validate().is_err());
         assert!(RangeEngineConfig { min_split_size: 1, ..Default::default() }.validate().is_err());
-        assert!(PoolConfig { pool_size: 0, readahead_batches: 1, request_timeout: None }.validate().is_err());
+        let pool = |pool_size, min_pool_size| PoolConfig {
+            pool_size,
+            readahead_batches: 1,
+            request_timeout: None,
+            adaptive: true,
+            min_pool_size,
+            pushback_timeout: DEFAULT_PUSHBACK_TIMEOUT,
+        };
+        assert!(pool(0, 1).validate().is_err());
+        assert!(pool(4, 0).validate().is_err() && pool(4, 5).validate().is_err());
+        assert!(pool(4, 4).validate().is_ok());
     }
 }

@@ -56,7 +56,14 @@ fn start(
     pool_size: usize,
     parent: Option<&CancellationToken>,
 ) -> BatchLoader {
-    let pool = PoolConfig { pool_size, readahead_batches: 2, request_timeout: None };
+    let pool = PoolConfig {
+        pool_size,
+        readahead_batches: 2,
+        request_timeout: None,
+        adaptive: true,
+        min_pool_size: 1,
+        pushback_timeout: std::time::Duration::from_secs(60),
+    };
     BatchLoader::start(
         context().unwrap(),
         Arc::clone(&d.source),
@@ -66,6 +73,7 @@ fn start(
         &RangeEngineConfig::default(),
         &StoreConfig::default(),
         parent,
+        None,
     )
 }
 

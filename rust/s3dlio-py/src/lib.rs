@@ -281,9 +281,16 @@ fn live_tasks() -> PyResult<usize> {
 #[pyfunction]
 #[pyo3(signature = (reset = false))]
 fn stats(py: Python<'_>, reset: bool) -> PyResult<Bound<'_, PyDict>> {
+    snapshot_dict(py, &context().map_err(to_pyerr)?.metrics().snapshot(reset))
+}
+
+/// A counters snapshot as the dict `s3dlio.stats()` documents.
+pub(crate) fn snapshot_dict<'py>(
+    py: Python<'py>,
+    snap: &s3dlio_core::metrics::Snapshot,
+) -> PyResult<Bound<'py, PyDict>> {
     use s3dlio_core::metrics::{HistogramSnapshot, Op};
-    let snap = context().map_err(to_pyerr)?.metrics().snapshot(reset);
-    let hist = |h: &HistogramSnapshot| -> PyResult<Bound<'_, PyDict>> {
+    let hist = |h: &HistogramSnapshot| -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         let ms = |us: Option<u64>| us.map(|v| v as f64 / 1000.0);
         d.set_item("count", h.count)?;
@@ -304,7 +311,7 @@ fn stats(py: Python<'_>, reset: bool) -> PyResult<Bound<'_, PyDict>> {
         d.set_item("ttfb_ms", hist(&o.ttfb)?)?;
         ops.set_item(o.op.name(), d)?;
     }
-    let by_cause = |v: &[(&str, u64)]| -> PyResult<Bound<'_, PyDict>> {
+    let by_cause = |v: &[(&str, u64)]| -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (c, n) in v {
             d.set_item(*c, *n)?;
@@ -388,6 +395,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(io::crc32c, m)?)?;
     m.add_class::<loader::CancelToken>()?;
     m.add_class::<loader::BatchStream>()?;
+    m.add_class::<loader::LoaderScope>()?;
     m.add_function(wrap_pyfunction!(loader::validate_loader_options, m)?)?;
     m.add_function(wrap_pyfunction!(loader::validate_pool_config, m)?)?;
     m.add_function(wrap_pyfunction!(loader::validate_range_config, m)?)?;

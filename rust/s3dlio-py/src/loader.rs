@@ -9,9 +9,10 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyTuple};
 use s3dlio_core::loader::{Batch, BatchFailure, BatchLoader, LoaderStats, Source};
-use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig};
+use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig, DEFAULT_PUSHBACK_TIMEOUT};
 use s3dlio_core::runtime::context;
 use s3dlio_core::sampler::{self, Evenness};
+use s3dlio_core::scope::Scope;
 use s3dlio_core::{CancellationToken, Error, ErrorKind};
 use tokio_util::task::TaskTracker;
 
@@ -129,6 +130,9 @@ pub fn pool_config(d: &Bound<'_, PyDict>) -> PyResult<PoolConfig> {
             .usize("readahead_batches")?
             .ok_or_else(|| invalid_config("PoolConfig.readahead_batches is required"))?,
         request_timeout: f.seconds("request_timeout")?,
+        adaptive: f.bool("adaptive")?.unwrap_or(true),
+        min_pool_size: f.usize("min_pool_size")?.unwrap_or(1),
+        pushback_timeout: f.seconds("pushback_timeout")?.unwrap_or(DEFAULT_PUSHBACK_TIMEOUT),
     };
     f.finish()?;
     p.validate().map_err(to_pyerr)?;
@@ -152,6 +156,9 @@ fn pool_dict<'py>(py: Python<'py>, p: &PoolConfig) -> PyResult<Bound<'py, PyDict
     d.set_item("pool_size", p.pool_size)?;
     d.set_item("readahead_batches", p.readahead_batches)?;
     d.set_item("request_timeout", p.request_timeout.map(|t| t.as_secs_f64()))?;
+    d.set_item("adaptive", p.adaptive)?;
+    d.set_item("min_pool_size", p.min_pool_size)?;
+    d.set_item("pushback_timeout", p.pushback_timeout.as_secs_f64())?;
     Ok(d)
 }
 
@@ -275,7 +282,7 @@ enum Step {
 #[pymethods]
 impl BatchStream {
     #[new]
-    #[pyo3(signature = (uris, order, options, pool, range_engine, sizes=None, config=None, token=None))]
+    #[pyo3(signature = (uris, order, options, pool, range_engine, sizes=None, config=None, token=None, scope=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         uris: Vec<String>,
@@ -286,6 +293,7 @@ impl BatchStream {
         sizes: Option<Vec<Option<u64>>>,
         config: Option<&Bound<'_, Config>>,
         token: Option<&Bound<'_, CancelToken>>,
+        scope: Option<&Bound<'_, LoaderScope>>,
     ) -> PyResult<Self> {
         let opts = loader_options(options)?;
         let pool = pool_config(pool)?;
@@ -305,6 +313,7 @@ impl BatchStream {
             &range,
             &resolve(config),
             parent.as_ref(),
+            scope.map(|s| Arc::clone(&s.get().scope)),
         );
         Ok(BatchStream {
             token: loader.token().clone(),
@@ -409,6 +418,50 @@ impl BatchStream {
     /// `(requests_started, requests_finished, bytes)` so far.
     fn stats(&self) -> (u64, u64, u64) {
         (self.stats.started(), self.stats.finished(), self.stats.bytes())
+    }
+}
+
+/// One loader's counters, stall times and adaptive limit, shared by the streams of its epochs.
+#[pyclass(frozen, module = "s3dlio._core", name = "LoaderScope")]
+pub struct LoaderScope {
+    scope: Arc<Scope>,
+}
+
+#[pymethods]
+impl LoaderScope {
+    #[new]
+    fn new(pool: &Bound<'_, PyDict>, range_engine: &Bound<'_, PyDict>) -> PyResult<Self> {
+        Ok(LoaderScope { scope: BatchLoader::scope_for(&pool_config(pool)?, &range_config(range_engine)?) })
+    }
+
+    /// The counters as `s3dlio.stats()` reports them, plus `wait` (`consumer_s`, `producer_s`,
+    /// `batches`) and `concurrency` (`adaptive`, `limit`, `min`, `max`, `in_flight`, `cuts`).
+    #[pyo3(signature = (reset = false))]
+    fn stats<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<Bound<'py, PyDict>> {
+        let d = crate::snapshot_dict(py, &self.scope.metrics.snapshot(reset))?;
+        let (consumer, producer, batches) = self.scope.stall.read(reset);
+        let wait = PyDict::new(py);
+        wait.set_item("consumer_s", consumer)?;
+        wait.set_item("producer_s", producer)?;
+        wait.set_item("batches", batches)?;
+        d.set_item("wait", wait)?;
+        let c = PyDict::new(py);
+        match &self.scope.limiter {
+            Some(l) => {
+                let cfg = l.config();
+                c.set_item("adaptive", true)?;
+                c.set_item("limit", l.limit())?;
+                c.set_item("min", cfg.min)?;
+                c.set_item("max", cfg.max)?;
+                c.set_item("in_flight", l.in_flight())?;
+                c.set_item("cuts", l.cuts())?;
+            }
+            None => {
+                c.set_item("adaptive", false)?;
+            }
+        }
+        d.set_item("concurrency", c)?;
+        Ok(d)
     }
 }
 

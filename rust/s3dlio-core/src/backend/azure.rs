@@ -456,11 +456,13 @@ impl AzureBackend {
         offset: u64,
         dst: &mut [u8],
         opts: &GetOptions,
+        resume: &mut h::Resume,
     ) -> Result<Option<String>> {
         let uri = self.uri(key);
-        let range = ByteRange::new(offset, Some(dst.len() as u64));
-        let Opened { etag, mut body, .. } = self.open(key, Some(range), opts, &uri).await?;
-        h::fill_range(&mut body, offset, dst, self.read_timeout, &uri).await?;
+        let pinned = GetOptions { if_match: resume.version.clone(), ..opts.clone() };
+        let range = resume.rest(offset, dst.len());
+        let Opened { etag, mut body, .. } = self.open(key, Some(range), &pinned, &uri).await?;
+        resume.fill(&mut body, etag.clone(), offset, dst, self.read_timeout, &uri).await?;
         Ok(etag)
     }
 
@@ -721,10 +723,12 @@ impl Backend for AzureBackend {
         if dst.is_empty() {
             return Ok(None);
         }
+        // A retry resumes from the byte the failed attempt reached.
+        let mut resume = h::Resume::pinned(opts.if_match.as_deref());
         h::retry_loop!(
             self.max_attempts,
             self.initial_backoff,
-            self.get_into_once(key, offset, dst, opts).await
+            self.get_into_once(key, offset, dst, opts, &mut resume).await
         )
     }
 

@@ -95,25 +95,73 @@ pub(crate) async fn next_chunk(
     }
 }
 
-/// Stream a body into `dst` (the one honest copy: network chunk into its place in the final
-/// buffer); returns the bytes written. More than `dst` holds is an error.
-pub(crate) async fn fill(
+/// Fill `dst` from `body` (more bytes than it holds is an error), with `filled` advanced as each
+/// chunk lands: after an error it still says how many bytes of `dst` are in place.
+async fn fill_counting(
     body: &mut Incoming,
     dst: &mut [u8],
+    filled: &mut usize,
     read_timeout: Duration,
     uri: &str,
-) -> Result<usize> {
-    let mut filled = 0usize;
+) -> Result<()> {
     while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
-        let end = filled + chunk.len();
+        let end = *filled + chunk.len();
         if end > dst.len() {
             let msg = format!("server sent more than the {} bytes asked for", dst.len());
             return Err(Error::new(ErrorKind::Io, Some(uri), msg));
         }
-        dst[filled..end].copy_from_slice(&chunk);
-        filled = end;
+        dst[*filled..end].copy_from_slice(&chunk);
+        *filled = end;
     }
-    Ok(filled)
+    Ok(())
+}
+
+/// A ranged read's progress across its attempts: the bytes already in place at the start of the
+/// destination, and the version they came from. A retry asks only for the rest, pinned to that
+/// version (`If-Match` / `ifGenerationMatch`): an object replaced in between is a `Changed`
+/// error, never a mix of two versions.
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    pub filled: usize,
+    pub version: Option<String>,
+}
+
+impl Resume {
+    /// Start from the caller's pin, if any.
+    pub fn pinned(version: Option<&str>) -> Resume {
+        Resume { filled: 0, version: version.map(str::to_owned) }
+    }
+
+    /// The range still to read of a read of `len` bytes at `offset`.
+    pub fn rest(&self, offset: u64, len: usize) -> crate::types::ByteRange {
+        crate::types::ByteRange::new(offset + self.filled as u64, Some((len - self.filled) as u64))
+    }
+
+    /// Fill the rest of `dst` from `body`, a response to [`Resume::rest`] of the version
+    /// `version`; `filled` advances as bytes land, so a failed attempt keeps what it received.
+    pub async fn fill(
+        &mut self,
+        body: &mut Incoming,
+        version: Option<String>,
+        offset: u64,
+        dst: &mut [u8],
+        read_timeout: Duration,
+        uri: &str,
+    ) -> Result<()> {
+        if self.version.is_none() {
+            self.version = version;
+        }
+        let start = self.filled;
+        let mut got = 0;
+        let r = fill_counting(body, &mut dst[start..], &mut got, read_timeout, uri).await;
+        self.filled = start + got;
+        r?;
+        if self.filled != dst.len() {
+            let msg = format!("range at offset {offset} returned {} of {} bytes", self.filled, dst.len());
+            return Err(Error::invalid_range(uri, msg));
+        }
+        Ok(())
+    }
 }
 
 /// A whole body whose length is announced (or not): exactly that many bytes, or an error.
@@ -145,8 +193,52 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
     full.mul_f64(0.5 + 0.5 * f64::from(nanos % 1000) / 1000.0)
 }
 
-/// Run `attempt` until it succeeds or fails for good: transient failures are retried, at most
-/// `max_attempts` attempts in all.
+/// One request's retry budget: `max_attempts` attempts in all, counted once whatever failed
+/// (connection, status, body). In an adaptive pool ([`crate::scope`]), an attempt that failed by
+/// pushback (throttling, no answer) while the pool was probing at its floor is the pool's probe,
+/// not the request's own failure: it costs no attempt, for as long as the pool's
+/// `pushback_timeout` allows since the request started.
+pub(crate) struct Budget {
+    max: u32,
+    counted: u32,
+    attempts: u32,
+    started: std::time::Instant,
+}
+
+impl Budget {
+    pub fn new(max_attempts: u32) -> Budget {
+        Budget { max: max_attempts.max(1), counted: 0, attempts: 0, started: std::time::Instant::now() }
+    }
+
+    /// Count a failed attempt; true when the request may try again (after [`Budget::pause`]).
+    pub fn retry(&mut self, e: &Error, probe: Option<Duration>) -> bool {
+        self.attempts += 1;
+        let free =
+            probe.is_some_and(|limit| crate::limiter::is_pushback(e) && self.started.elapsed() < limit);
+        if !free {
+            self.counted += 1;
+        }
+        e.is_transient() && self.counted < self.max
+    }
+
+    /// The backoff before the next attempt: grows with the attempts counted (probes excluded).
+    pub fn pause(&self, base: Duration) -> Duration {
+        backoff(base, self.counted.max(1))
+    }
+
+    /// The error that ends the request, naming the attempts when there was more than one.
+    pub fn give_up(&self, e: Error) -> Error {
+        if self.attempts > 1 && e.is_transient() {
+            let secs = self.started.elapsed().as_secs_f64();
+            e.with_suffix(&format!(" (gave up after {} attempts in {secs:.1} s)", self.attempts))
+        } else {
+            e
+        }
+    }
+}
+
+/// Run `attempt` until it succeeds or fails for good: transient failures are retried within the
+/// request's [`Budget`], with [`backoff`] in between.
 pub(crate) async fn retrying<T, F, Fut>(
     max_attempts: u32,
     initial_backoff: Duration,
@@ -156,15 +248,16 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut n = 1;
+    let mut budget = Budget::new(max_attempts);
     loop {
-        match attempt().await {
-            Err(e) if e.is_transient() && n < max_attempts => {
+        let (r, probe) = crate::scope::attempt(attempt()).await;
+        match r {
+            Err(e) if budget.retry(&e, probe) => {
                 crate::metrics::retried(&e);
-                tokio::time::sleep(backoff(initial_backoff, n)).await;
-                n += 1;
+                tokio::time::sleep(budget.pause(initial_backoff)).await;
             }
-            other => return other,
+            Err(e) => return Err(budget.give_up(e)),
+            ok => return ok,
         }
     }
 }
@@ -217,22 +310,6 @@ pub(crate) fn check_size(expected: Option<u64>, total: Option<u64>, uri: &str) -
         )),
         _ => Ok(()),
     }
-}
-
-/// Fill all of `dst` from a ranged response body at `offset`, or an `InvalidRange` error.
-pub(crate) async fn fill_range(
-    body: &mut Incoming,
-    offset: u64,
-    dst: &mut [u8],
-    read_timeout: Duration,
-    uri: &str,
-) -> Result<()> {
-    let filled = fill(body, dst, read_timeout, uri).await?;
-    if filled != dst.len() {
-        let msg = format!("range at offset {offset} returned {filled} of {} bytes", dst.len());
-        return Err(Error::invalid_range(uri, msg));
-    }
-    Ok(())
 }
 
 /// An OAuth2 access token, cached until a minute before it expires (so it never expires in
@@ -306,15 +383,16 @@ pub(crate) fn form_post(url: &str, body: String, uri: &str) -> Result<Request<Fu
 /// borrow mutably (a destination buffer), which a closure cannot hand out again.
 macro_rules! retry_loop {
     ($max:expr, $base:expr, $attempt:expr) => {{
-        let mut n = 1;
+        let mut budget = $crate::backend::http::Budget::new($max);
         loop {
-            match $attempt {
-                Err(e) if e.is_transient() && n < $max => {
+            let (r, probe) = $crate::scope::attempt(async { $attempt }).await;
+            match r {
+                Err(e) if budget.retry(&e, probe) => {
                     $crate::metrics::retried(&e);
-                    tokio::time::sleep($crate::backend::http::backoff($base, n)).await;
-                    n += 1;
+                    tokio::time::sleep(budget.pause($base)).await;
                 }
-                other => break other,
+                Err(e) => break Err(budget.give_up(e)),
+                ok => break ok,
             }
         }
     }};

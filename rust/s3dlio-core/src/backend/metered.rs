@@ -23,6 +23,25 @@ impl Metered {
     }
 }
 
+/// Run one request `fut` of `op`, counted in the process's metrics and in the current pool's
+/// ([`crate::scope`]), if any.
+async fn counted<T>(
+    metrics: &Metrics,
+    op: Op,
+    fut: impl std::future::Future<Output = Result<T>>,
+    outcome: impl Fn(&T) -> Outcome,
+) -> Result<T> {
+    let scope = crate::scope::current();
+    let f = metrics.start(op);
+    let fs = scope.as_deref().map(|s| s.metrics.start(op));
+    let r = fut.await;
+    if let Some(fs) = fs {
+        fs.finish(&r, &outcome);
+    }
+    f.finish(&r, &outcome);
+    r
+}
+
 fn read(bytes: u64, whole: bool) -> Outcome {
     Outcome { bytes, objects_read: u64::from(whole), ..Outcome::default() }
 }
@@ -46,14 +65,12 @@ impl Backend for Metered {
     }
 
     async fn get(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
-        let f = self.metrics.start(Op::Get);
-        let r = self.inner.get(key, opts).await;
         // The whole object: no range, or a range from 0 that the object's size says is all of it.
-        f.finish(&r, |g| {
+        counted(self.metrics, Op::Get, self.inner.get(key, opts), |g| {
             let n = g.data.len() as u64;
             read(n, opts.range.is_none_or(|x| x.offset == 0 && g.size == Some(n)))
-        });
-        r
+        })
+        .await
     }
 
     async fn get_into(
@@ -63,34 +80,23 @@ impl Backend for Metered {
         dst: &mut [u8],
         opts: &GetOptions,
     ) -> Result<Option<String>> {
-        let f = self.metrics.start(Op::Get);
         let n = dst.len() as u64;
-        let r = self.inner.get_into(key, offset, dst, opts).await;
         // The ranges of a split read complete its object once: with the one that reaches its end.
         let whole = opts.expected_size == offset.checked_add(n);
-        f.finish(&r, |_| read(n, whole));
-        r
+        counted(self.metrics, Op::Get, self.inner.get_into(key, offset, dst, opts), |_| read(n, whole)).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
-        let f = self.metrics.start(Op::Head);
-        let r = self.inner.head(key).await;
-        f.finish(&r, |_| none());
-        r
+        counted(self.metrics, Op::Head, self.inner.head(key), |_| none()).await
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> Result<()> {
-        let f = self.metrics.start(Op::Put);
         let n = data.len() as u64;
-        let r = self.inner.put(key, data, opts).await;
-        f.finish(&r, |()| written(n, 1));
-        r
+        counted(self.metrics, Op::Put, self.inner.put(key, data, opts), |()| written(n, 1)).await
     }
 
     async fn start_multipart(&self, key: &str, opts: &PutOptions) -> Result<Box<dyn MultipartUpload>> {
-        let f = self.metrics.start(Op::Multipart);
-        let r = self.inner.start_multipart(key, opts).await;
-        f.finish(&r, |_| none());
+        let r = counted(self.metrics, Op::Multipart, self.inner.start_multipart(key, opts), |_| none()).await;
         Ok(Box::new(MeteredUpload { inner: r?, metrics: self.metrics }))
     }
 
@@ -106,10 +112,13 @@ impl Backend for Metered {
             if let Poll::Ready(page) = &polled {
                 asked = None;
                 if let Some(r) = page {
-                    metrics.record(Op::List, started, r, |p: &ListPage| {
-                        metrics.add_keys_listed(p.len() as u64);
-                        none()
-                    });
+                    let scope = crate::scope::current();
+                    for m in std::iter::once(metrics).chain(scope.as_deref().map(|s| &s.metrics)) {
+                        m.record(Op::List, started, r, |p: &ListPage| {
+                            m.add_keys_listed(p.len() as u64);
+                            none()
+                        });
+                    }
                 }
             }
             polled
@@ -118,17 +127,13 @@ impl Backend for Metered {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let f = self.metrics.start(Op::Delete);
-        let r = self.inner.delete(key).await;
-        f.finish(&r, |()| Outcome { objects_deleted: 1, ..Outcome::default() });
-        r
+        let deleted = |(): &()| Outcome { objects_deleted: 1, ..Outcome::default() };
+        counted(self.metrics, Op::Delete, self.inner.delete(key), deleted).await
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
-        let f = self.metrics.start(Op::Delete);
-        let r = self.inner.delete_many(keys).await;
-        f.finish(&r, |n| Outcome { objects_deleted: *n as u64, ..Outcome::default() });
-        r
+        let deleted = |n: &usize| Outcome { objects_deleted: *n as u64, ..Outcome::default() };
+        counted(self.metrics, Op::Delete, self.inner.delete_many(keys), deleted).await
     }
 
     fn delete_batch_limit(&self) -> usize {
@@ -140,10 +145,8 @@ impl Backend for Metered {
     }
 
     async fn copy_within(&self, src_key: &str, dst_key: &str, size: u64) -> Result<bool> {
-        let f = self.metrics.start(Op::Copy);
-        let r = self.inner.copy_within(src_key, dst_key, size).await;
-        f.finish(&r, |copied| if *copied { written(size, 1) } else { none() });
-        r
+        let copied = |c: &bool| if *c { written(size, 1) } else { none() };
+        counted(self.metrics, Op::Copy, self.inner.copy_within(src_key, dst_key, size), copied).await
     }
 
     async fn create_container(&self, key: &str) -> Result<()> {
@@ -177,25 +180,16 @@ struct MeteredUpload {
 #[async_trait]
 impl MultipartUpload for MeteredUpload {
     async fn put_part(&self, number: u32, offset: u64, data: Bytes) -> Result<PartInfo> {
-        let f = self.metrics.start(Op::Put);
         let n = data.len() as u64;
-        let r = self.inner.put_part(number, offset, data).await;
-        f.finish(&r, |_| written(n, 0));
-        r
+        counted(self.metrics, Op::Put, self.inner.put_part(number, offset, data), |_| written(n, 0)).await
     }
 
     async fn complete(self: Box<Self>, parts: Vec<PartInfo>, size: u64) -> Result<()> {
-        let f = self.metrics.start(Op::Multipart);
-        let r = self.inner.complete(parts, size).await;
-        f.finish(&r, |()| written(0, 1));
-        r
+        counted(self.metrics, Op::Multipart, self.inner.complete(parts, size), |()| written(0, 1)).await
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
-        let f = self.metrics.start(Op::Multipart);
-        let r = self.inner.abort().await;
-        f.finish(&r, |()| none());
-        r
+        counted(self.metrics, Op::Multipart, self.inner.abort(), |()| none()).await
     }
 }
 

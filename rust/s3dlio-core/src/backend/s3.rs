@@ -31,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use super::http::{backoff, check_size, total_from_content_range};
+use super::http::{check_size, total_from_content_range, Resume};
 use super::{Backend, MultipartUpload};
 use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
 use crate::config::StoreConfig;
@@ -212,22 +212,12 @@ impl S3Backend {
     }
 
     /// Retry `attempt` while it fails transiently, `max_attempts` attempts in all.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut + Send,
         Fut: std::future::Future<Output = Result<T>> + Send,
     {
-        let mut n = 1;
-        loop {
-            match attempt().await {
-                Err(e) if e.is_transient() && n < self.max_attempts => {
-                    crate::metrics::retried(&e);
-                    tokio::time::sleep(backoff(self.initial_backoff, n)).await;
-                    n += 1;
-                }
-                other => return other,
-            }
-        }
+        super::http::retrying(self.max_attempts, self.initial_backoff, attempt).await
     }
 
     /// Send one GET (no SDK retries: the caller retries, body included) and read its headers.
@@ -286,7 +276,8 @@ impl S3Backend {
         let data = match len {
             Some(n) if n >= MAP_THRESHOLD => {
                 let mut buf = ZeroedBuf::new(n, &uri)?;
-                let filled = fill_from(&mut body, buf.as_mut_slice(), self.read_timeout, &uri).await?;
+                let mut filled = 0;
+                fill_from(&mut body, buf.as_mut_slice(), &mut filled, self.read_timeout, &uri).await?;
                 if filled != n {
                     return Err(short(filled, n));
                 }
@@ -317,23 +308,33 @@ impl S3Backend {
         Ok(GetResult { data, size: total, etag })
     }
 
+    /// One attempt of a ranged read into `dst`: only what `resume` says is still missing,
+    /// pinned to the version the first bytes came from.
     async fn get_into_once(
         &self,
         key: &str,
         offset: u64,
         dst: &mut [u8],
         opts: &GetOptions,
+        resume: &mut Resume,
     ) -> Result<Option<String>> {
         let uri = self.uri(key);
-        let range = ByteRange::new(offset, Some(dst.len() as u64));
-        let opened = self.open(key, Some(range), opts.if_match.as_deref()).await?;
+        let range = resume.rest(offset, dst.len());
+        let opened = self.open(key, Some(range), resume.version.as_deref()).await?;
         check_size(opts.expected_size, opened.total, &uri)?;
         let Opened { mut body, etag, .. } = opened;
-        let filled = fill_from(&mut body, dst, self.read_timeout, &uri).await?;
-        if filled != dst.len() {
+        if resume.version.is_none() {
+            resume.version.clone_from(&etag);
+        }
+        let start = resume.filled;
+        let mut got = 0;
+        let r = fill_from(&mut body, &mut dst[start..], &mut got, self.read_timeout, &uri).await;
+        resume.filled = start + got;
+        r?;
+        if resume.filled != dst.len() {
             return Err(Error::invalid_range(
                 &uri,
-                format!("range at offset {offset} returned {filled} of {} bytes", dst.len()),
+                format!("range at offset {offset} returned {} of {} bytes", resume.filled, dst.len()),
             ));
         }
         Ok(etag)
@@ -341,19 +342,25 @@ impl S3Backend {
 }
 
 /// Stream a body into `dst` (the one honest copy: network chunk into its offset of the final
-/// buffer); returns the bytes written. More bytes than `dst` holds is an error.
-async fn fill_from(body: &mut Body, dst: &mut [u8], read_timeout: Duration, uri: &str) -> Result<usize> {
-    let mut filled = 0usize;
+/// buffer), advancing `filled` as chunks land (after an error it still counts what arrived). More
+/// bytes than `dst` holds is an error.
+async fn fill_from(
+    body: &mut Body,
+    dst: &mut [u8],
+    filled: &mut usize,
+    read_timeout: Duration,
+    uri: &str,
+) -> Result<()> {
     while let Some(chunk) = body.next(read_timeout, uri).await? {
-        let end = filled + chunk.len();
+        let end = *filled + chunk.len();
         if end > dst.len() {
             let msg = format!("server sent more than the {} bytes it announced", dst.len());
             return Err(Error::new(ErrorKind::Io, Some(uri), msg));
         }
-        dst[filled..end].copy_from_slice(&chunk);
-        filled = end;
+        dst[*filled..end].copy_from_slice(&chunk);
+        *filled = end;
     }
-    Ok(filled)
+    Ok(())
 }
 
 #[async_trait]
@@ -380,10 +387,12 @@ impl Backend for S3Backend {
         if dst.is_empty() {
             return Ok(None);
         }
+        // A retry resumes from the byte the failed attempt reached.
+        let mut resume = Resume::pinned(opts.if_match.as_deref());
         super::http::retry_loop!(
             self.max_attempts,
             self.initial_backoff,
-            self.get_into_once(key, offset, dst, opts).await
+            self.get_into_once(key, offset, dst, opts, &mut resume).await
         )
     }
 

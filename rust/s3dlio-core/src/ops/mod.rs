@@ -18,8 +18,10 @@ use futures::{StreamExt, TryStreamExt};
 use crate::backend::Backend;
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::limiter::{Limiter, LimiterConfig};
 use crate::options::RangeEngineConfig;
 use crate::registry;
+use crate::scope::Scope;
 use crate::types::{ByteRange, GetOptions, ListPage, ObjectInfo, PutOptions};
 use crate::uri::Location;
 
@@ -88,6 +90,21 @@ pub async fn get_range(uri: &str, offset: u64, length: Option<u64>, cfg: &StoreC
     let r = ByteRange::new(offset, length);
     r.last_byte(uri)?; // offset + length must not pass 2^64
     let (b, key) = object(uri, cfg).await?;
+    // Up to this length, a range is read straight into a buffer of its size (mapped lazily: pages
+    // the server does not fill are never touched), so an attempt cut mid-body resumes from the byte
+    // it reached (see `Backend::get_into`) instead of starting again. Longer ones (more than any
+    // object is likely to hold) take one plain ranged GET.
+    const RESUMABLE: u64 = 4 << 30;
+    if let (true, Some(len)) = (b.ranged_reads(), length.filter(|l| *l <= RESUMABLE)) {
+        let n = usize::try_from(len)
+            .map_err(|_| Error::invalid_range(uri, "the range does not fit in memory"))?;
+        return operation(cfg, uri, async {
+            let mut buf = crate::buf::ZeroedBuf::new(n, uri)?;
+            b.get_into(&key, offset, buf.as_mut_slice(), &GetOptions::default()).await?;
+            Ok(buf.freeze())
+        })
+        .await;
+    }
     let opts = GetOptions { range: Some(r), ..Default::default() };
     operation(cfg, uri, async { Ok(b.get(&key, &opts).await?.data) }).await
 }
@@ -116,9 +133,17 @@ pub async fn get_many(uris: &[String], concurrency: usize, cfg: &StoreConfig) ->
         Location::parse_object(u)?;
     }
     let range = RangeEngineConfig::default();
+    // The call's requests share one adaptive limit (see `crate::limiter`), as a loader's do.
+    let limit = LimiterConfig {
+        min: 1,
+        max: concurrency.saturating_mul(range.max_concurrent_ranges),
+        adaptive: true,
+        pushback_timeout: crate::options::DEFAULT_PUSHBACK_TIMEOUT,
+    };
+    let scope = Scope::new(Some(Limiter::new(limit)));
     // Collected first: a stream holding a closure over `&String` trips the Send check of callers
     // that spawn this future (a higher-ranked lifetime limitation of rustc).
-    let reads: Vec<_> = uris.iter().map(|u| get_sized(u, None, cfg, &range)).collect();
+    let reads: Vec<_> = uris.iter().map(|u| Scope::run(&scope, get_sized(u, None, cfg, &range))).collect();
     futures::stream::iter(reads).buffered(concurrency).try_collect().await
 }
 
