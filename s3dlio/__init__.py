@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 __version__ = _core.__version__
 
 
+def oplog(path: str | os.PathLike[str] | None) -> str | None:
+    """Log every storage request of this process as one JSON line appended to ``path`` (created
+    if missing); ``None`` stops. Returns the path logged to before, if any. The environment
+    variable ``S3DLIO_OPLOG=path`` does the same from the start (and in every child process).
+
+    A line: ``t`` (start, Unix seconds), ``pid``, ``op`` (get, put, head, list, delete, copy,
+    multipart), ``uri``, ``range`` (``[offset, length]`` of a ranged read or a part), ``status``
+    (``ok`` or the error's cause, as in :func:`stats`), ``http_status``, ``bytes``,
+    ``latency_ms``, ``attempts`` (made by s3dlio's retry loop: S3 writes retried inside the AWS
+    SDK count as one), ``error`` (the message). Never a credential, signature or header. A line is
+    one append-mode write, so several processes can share one file. A file that cannot be opened
+    raises :class:`~s3dlio.exceptions.InvalidConfigError` here."""
+    before = _core.oplog(None if path is None else os.fspath(path))
+    return None if before is None else str(before)
+
+
 def stats(reset: bool = False) -> dict[str, Any]:
     """What this process's storage requests have done so far, counted in the Rust core where the
     work happens (every scheme, every API: get/put helpers, loaders, readers, writers, copies).
@@ -112,6 +128,7 @@ __all__ = [
     "live_tasks",
     "open",
     "open_async",
+    "oplog",
     "put",
     "put_async",
     "put_many",

@@ -4,6 +4,7 @@ Users call the wrappers in :mod:`s3dlio`; this module is the thin native layer u
 """
 
 import builtins
+import os
 from collections.abc import Awaitable, Sequence
 from typing import Any, final
 
@@ -266,6 +267,9 @@ def _asyncio_tasks() -> int:
 
 def live_tasks() -> int:
     """Number of tasks s3dlio has running in this process right now (0 when idle)."""
+
+def oplog(path: str | os.PathLike[str] | None = None) -> str | None:
+    """Log every request to ``path`` (see ``s3dlio.oplog``)."""
 
 def stats(reset: bool = False) -> dict[str, Any]:
     """This process's transfer counters (see ``s3dlio.stats``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,55 @@ def test_a_forked_child_starts_from_zero(tmp_path: os.PathLike[str]) -> None:
     got = q.get(timeout=30)
     p.join(30)
     assert got == {"bytes_written": 0}
+
+
+def test_the_oplog_has_one_line_per_request_and_no_secret(
+    bucket: str, tmp_path: os.PathLike[str], s3_server: object, proxy: FaultProxy
+) -> None:
+    import json
+
+    log = f"{tmp_path}/ops.jsonl"
+    assert s3dlio.oplog(log) is None
+    try:
+        s3dlio.put(f"s3://{bucket}/a", b"x" * 10)
+        s3dlio.get_range(f"s3://{bucket}/a", 2, 3)
+        with pytest.raises(exc.NotFoundError):
+            s3dlio.get(f"s3://{bucket}/missing")
+        cfg = s3dlio.StorageConfig(endpoint_url=proxy.endpoint, initial_backoff=0.01)
+        proxy.set_mode("http503", count=2, match="^GET ")
+        s3dlio.get(f"s3://{bucket}/a", config=cfg)
+    finally:
+        assert s3dlio.oplog(None) == log
+    s3dlio.put(f"s3://{bucket}/after", b"y")  # not logged
+    text = Path(log).read_text()
+    lines = [json.loads(ln) for ln in text.splitlines()]
+    ops = [(r["op"], r["uri"].rsplit("/", 1)[1], r["status"]) for r in lines]
+    assert ops == [
+        ("put", "a", "ok"),
+        ("get", "a", "ok"),
+        ("get", "missing", "not_found"),
+        ("get", "a", "ok"),
+    ]
+    put, rng, missing, retried = lines
+    assert put["bytes"] == 10 and put["range"] is None and put["pid"] == os.getpid()
+    assert rng["range"] == [2, 3] and rng["bytes"] == 3 and rng["attempts"] == 1
+    assert missing["http_status"] == 404 and "missing" in missing["error"]
+    assert retried["attempts"] == 3 and retried["bytes"] == 10
+    assert all(r["latency_ms"] >= 0 and r["t"] > 1.7e9 for r in lines)
+    for secret in (s3_server.secret_key, s3_server.access_key, "Signature", "Authorization"):  # type: ignore[attr-defined]
+        assert secret not in text
+
+
+def test_the_oplog_from_the_environment_in_a_child(bucket: str, tmp_path: os.PathLike[str]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    log = f"{tmp_path}/env.jsonl"
+    code = f"import s3dlio; s3dlio.put('s3://{bucket}/e', b'12'); s3dlio.get('s3://{bucket}/e')"
+    subprocess.run(
+        [sys.executable, "-P", "-c", code], env=dict(os.environ, S3DLIO_OPLOG=log), check=True, timeout=60
+    )
+    assert [json.loads(ln)["op"] for ln in Path(log).read_text().splitlines()] == ["put", "get"]
+    with pytest.raises(exc.InvalidConfigError, match="op-log"):
+        s3dlio.oplog(f"{tmp_path}/no/such/dir/x.jsonl")

@@ -8,7 +8,8 @@
 //!   list, put, put_many, delete, delete_prefix, upload, download, buckets), with the range
 //!   engine (`ops::range`), multipart writes (`ops::write`) and tree transfers (`ops::transfer`).
 //! * [`io`]: the streaming writer and the seekable reader behind `s3dlio.open`.
-//! * [`metrics`]: per-process transfer counters and latency histograms (`s3dlio.stats()`).
+//! * [`metrics`]: per-process transfer counters and latency histograms (`s3dlio.stats()`);
+//!   [`oplog`]: one JSON line per request (`S3DLIO_OPLOG`).
 //! * [`limiter`], [`scope`]: adaptive (AIMD) concurrency and the per-pool counters a loader's
 //!   requests share.
 //! * [`loader`]: batches fetched by a pool of requests under one cancellation token.
@@ -26,6 +27,7 @@ pub mod io;
 pub mod limiter;
 pub mod loader;
 pub mod metrics;
+pub mod oplog;
 pub mod ops;
 pub mod options;
 pub mod registry;

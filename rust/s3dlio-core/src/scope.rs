@@ -7,7 +7,7 @@
 //! (`buffer_unordered`) each carry it, and code outside any pool sees none.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +58,13 @@ fn nanos(d: Duration) -> u64 {
 
 tokio::task_local! {
     static SCOPE: Arc<Scope>;
+    /// Attempts of the request being polled (for the op-log).
+    static ATTEMPTS: Arc<AtomicU32>;
+}
+
+/// Run one request's future `fut`, counting its attempts into `attempts`.
+pub fn count_attempts<F: Future>(attempts: &Arc<AtomicU32>, fut: F) -> impl Future<Output = F::Output> {
+    ATTEMPTS.scope(Arc::clone(attempts), fut)
 }
 
 impl Scope {
@@ -82,6 +89,7 @@ pub fn current() -> Option<Arc<Scope>> {
 /// pushback timeout: such an attempt failing by pushback costs no retry budget (see
 /// `backend::http::Budget`).
 pub async fn attempt<T, Fut: Future<Output = Result<T>>>(fut: Fut) -> (Result<T>, Option<Duration>) {
+    let _ = ATTEMPTS.try_with(|a| a.fetch_add(1, Ordering::Relaxed));
     let scope = current();
     let Some(limiter) = scope.as_ref().and_then(|s| s.limiter.as_ref()) else {
         return (fut.await, None);

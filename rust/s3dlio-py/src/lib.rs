@@ -335,6 +335,16 @@ pub(crate) fn snapshot_dict<'py>(
     Ok(out)
 }
 
+/// Log every storage request as one JSON line appended to `path` (`None`: stop); returns the path
+/// logged to before.
+#[pyfunction]
+#[pyo3(signature = (path = None))]
+fn oplog(path: Option<std::path::PathBuf>) -> PyResult<Option<std::path::PathBuf>> {
+    let before = s3dlio_core::oplog::path();
+    s3dlio_core::oplog::set(path.as_deref()).map_err(to_pyerr)?;
+    Ok(before)
+}
+
 /// PID the current runtime context was built in (fork-safety tests).
 #[pyfunction]
 fn _debug_runtime_pid() -> PyResult<u32> {
@@ -385,6 +395,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(delete_bucket_async, m)?)?;
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
+    m.add_function(wrap_pyfunction!(oplog, m)?)?;
     m.add_function(wrap_pyfunction!(asyncio::_asyncio_tasks, m)?)?;
     m.add_class::<io::PyWriter>()?;
     m.add_class::<io::PyReader>()?;

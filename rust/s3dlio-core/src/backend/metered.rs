@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Backend, MultipartUpload, SyncSink, SyncSource};
 use crate::error::Result;
@@ -23,18 +24,42 @@ impl Metered {
     }
 }
 
+/// What the op-log says about a request: its URI and byte range.
+type Describe<'a> = &'a (dyn Fn() -> (String, Option<(u64, Option<u64>)>) + Sync);
+
 /// Run one request `fut` of `op`, counted in the process's metrics and in the current pool's
-/// ([`crate::scope`]), if any.
+/// ([`crate::scope`]), if any, and logged to the op-log when it is on.
 async fn counted<T>(
     metrics: &Metrics,
     op: Op,
+    describe: Describe<'_>,
     fut: impl std::future::Future<Output = Result<T>>,
     outcome: impl Fn(&T) -> Outcome,
 ) -> Result<T> {
     let scope = crate::scope::current();
     let f = metrics.start(op);
     let fs = scope.as_deref().map(|s| s.metrics.start(op));
-    let r = fut.await;
+    let logged = crate::oplog::enabled().then(|| {
+        (std::time::SystemTime::now(), std::time::Instant::now(), std::sync::Arc::new(AtomicU32::new(0)))
+    });
+    let r = match &logged {
+        None => fut.await,
+        Some((_, _, attempts)) => crate::scope::count_attempts(attempts, fut).await,
+    };
+    if let Some((wall, t0, attempts)) = logged {
+        let (uri, range) = describe();
+        let start = wall.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        crate::oplog::record(&crate::oplog::Entry {
+            start,
+            op: op.name(),
+            uri: &uri,
+            range,
+            bytes: r.as_ref().map_or(0, |v| outcome(v).bytes),
+            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+            attempts: attempts.load(Ordering::Relaxed).max(1),
+            error: r.as_ref().err(),
+        });
+    }
     if let Some(fs) = fs {
         fs.finish(&r, &outcome);
     }
@@ -66,7 +91,8 @@ impl Backend for Metered {
 
     async fn get(&self, key: &str, opts: &GetOptions) -> Result<GetResult> {
         // The whole object: no range, or a range from 0 that the object's size says is all of it.
-        counted(self.metrics, Op::Get, self.inner.get(key, opts), |g| {
+        let describe = || (self.inner.uri(key), opts.range.map(|r| (r.offset, r.length)));
+        counted(self.metrics, Op::Get, &describe, self.inner.get(key, opts), |g| {
             let n = g.data.len() as u64;
             read(n, opts.range.is_none_or(|x| x.offset == 0 && g.size == Some(n)))
         })
@@ -83,21 +109,32 @@ impl Backend for Metered {
         let n = dst.len() as u64;
         // The ranges of a split read complete its object once: with the one that reaches its end.
         let whole = opts.expected_size == offset.checked_add(n);
-        counted(self.metrics, Op::Get, self.inner.get_into(key, offset, dst, opts), |_| read(n, whole)).await
+        let describe = || (self.inner.uri(key), Some((offset, Some(n))));
+        counted(self.metrics, Op::Get, &describe, self.inner.get_into(key, offset, dst, opts), |_| {
+            read(n, whole)
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
-        counted(self.metrics, Op::Head, self.inner.head(key), |_| none()).await
+        let describe = || (self.inner.uri(key), None);
+        counted(self.metrics, Op::Head, &describe, self.inner.head(key), |_| none()).await
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> Result<()> {
         let n = data.len() as u64;
-        counted(self.metrics, Op::Put, self.inner.put(key, data, opts), |()| written(n, 1)).await
+        let describe = || (self.inner.uri(key), None);
+        counted(self.metrics, Op::Put, &describe, self.inner.put(key, data, opts), |()| written(n, 1)).await
     }
 
     async fn start_multipart(&self, key: &str, opts: &PutOptions) -> Result<Box<dyn MultipartUpload>> {
-        let r = counted(self.metrics, Op::Multipart, self.inner.start_multipart(key, opts), |_| none()).await;
-        Ok(Box::new(MeteredUpload { inner: r?, metrics: self.metrics }))
+        let describe = || (self.inner.uri(key), None);
+        let r =
+            counted(self.metrics, Op::Multipart, &describe, self.inner.start_multipart(key, opts), |_| {
+                none()
+            })
+            .await;
+        Ok(Box::new(MeteredUpload { inner: r?, metrics: self.metrics, uri: self.inner.uri(key) }))
     }
 
     fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
@@ -128,12 +165,15 @@ impl Backend for Metered {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let deleted = |(): &()| Outcome { objects_deleted: 1, ..Outcome::default() };
-        counted(self.metrics, Op::Delete, self.inner.delete(key), deleted).await
+        let describe = || (self.inner.uri(key), None);
+        counted(self.metrics, Op::Delete, &describe, self.inner.delete(key), deleted).await
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
         let deleted = |n: &usize| Outcome { objects_deleted: *n as u64, ..Outcome::default() };
-        counted(self.metrics, Op::Delete, self.inner.delete_many(keys), deleted).await
+        let first = keys.first().map(|k| self.inner.uri(k)).unwrap_or_default();
+        let describe = move || (first.clone(), None);
+        counted(self.metrics, Op::Delete, &describe, self.inner.delete_many(keys), deleted).await
     }
 
     fn delete_batch_limit(&self) -> usize {
@@ -146,7 +186,9 @@ impl Backend for Metered {
 
     async fn copy_within(&self, src_key: &str, dst_key: &str, size: u64) -> Result<bool> {
         let copied = |c: &bool| if *c { written(size, 1) } else { none() };
-        counted(self.metrics, Op::Copy, self.inner.copy_within(src_key, dst_key, size), copied).await
+        let describe = || (self.inner.uri(dst_key), None);
+        counted(self.metrics, Op::Copy, &describe, self.inner.copy_within(src_key, dst_key, size), copied)
+            .await
     }
 
     async fn create_container(&self, key: &str) -> Result<()> {
@@ -175,21 +217,29 @@ impl Backend for Metered {
 struct MeteredUpload {
     inner: Box<dyn MultipartUpload>,
     metrics: &'static Metrics,
+    uri: String,
 }
 
 #[async_trait]
 impl MultipartUpload for MeteredUpload {
     async fn put_part(&self, number: u32, offset: u64, data: Bytes) -> Result<PartInfo> {
         let n = data.len() as u64;
-        counted(self.metrics, Op::Put, self.inner.put_part(number, offset, data), |_| written(n, 0)).await
+        let describe = || (self.uri.clone(), Some((offset, Some(n))));
+        counted(self.metrics, Op::Put, &describe, self.inner.put_part(number, offset, data), |_| {
+            written(n, 0)
+        })
+        .await
     }
 
     async fn complete(self: Box<Self>, parts: Vec<PartInfo>, size: u64) -> Result<()> {
-        counted(self.metrics, Op::Multipart, self.inner.complete(parts, size), |()| written(0, 1)).await
+        let describe = || (self.uri.clone(), None);
+        counted(self.metrics, Op::Multipart, &describe, self.inner.complete(parts, size), |()| written(0, 1))
+            .await
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
-        counted(self.metrics, Op::Multipart, self.inner.abort(), |()| none()).await
+        let describe = || (self.uri.clone(), None);
+        counted(self.metrics, Op::Multipart, &describe, self.inner.abort(), |()| none()).await
     }
 }
 
