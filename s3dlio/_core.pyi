@@ -274,5 +274,8 @@ def oplog(path: str | os.PathLike[str] | None = None) -> str | None:
 def stats(reset: bool = False) -> dict[str, Any]:
     """This process's transfer counters (see ``s3dlio.stats``)."""
 
+def _debug_cache_sizes() -> tuple[int, int]:
+    """(backend instances, S3 clients) cached in this process (tests of the cache bound)."""
+
 def _debug_runtime_pid() -> int:
     """PID the current runtime context was built in (fork-safety tests)."""

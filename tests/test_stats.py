@@ -167,3 +167,20 @@ def test_the_oplog_from_the_environment_in_a_child(bucket: str, tmp_path: os.Pat
     assert [json.loads(ln)["op"] for ln in Path(log).read_text().splitlines()] == ["put", "get"]
     with pytest.raises(exc.InvalidConfigError, match="op-log"):
         s3dlio.oplog(f"{tmp_path}/no/such/dir/x.jsonl")
+
+
+def test_rotating_credentials_do_not_grow_the_client_cache(bucket: str, s3_server: object) -> None:
+    """A job that builds a new StorageConfig for every call (as one passing freshly rotated keys in
+    each would; here 100 configs that each need a client of their own) keeps at most 64 clients
+    and backends cached."""
+    for i in range(100):
+        cfg = s3dlio.StorageConfig(
+            endpoint_url=s3_server.endpoint,  # type: ignore[attr-defined]
+            access_key_id=s3_server.access_key,  # type: ignore[attr-defined]
+            secret_access_key=s3_server.secret_key,  # type: ignore[attr-defined]
+            read_timeout=30 + i,  # a new client each time, as a new token would make
+        )
+        assert s3dlio.exists(f"s3://{bucket}/none-{i}", config=cfg) is False
+    backends, clients = s3dlio._core._debug_cache_sizes()
+    assert backends <= 64 and clients <= 64, (backends, clients)
+    assert s3dlio.exists(f"s3://{bucket}/none", config=cfg) is False  # the newest still works

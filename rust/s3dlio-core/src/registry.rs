@@ -85,8 +85,9 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
         Location::Direct { path } => (RegistryKey::Local(Mode::Direct), path.to_string_lossy().into_owned()),
     };
     let ctx = context()?;
-    if let Some(b) = ctx.backends().get(&reg_key) {
-        return Ok((Arc::clone(b), key));
+    let cached = ctx.backends().get(&reg_key);
+    if let Some(b) = cached {
+        return Ok((b, key));
     }
     let backend: Box<dyn Backend> = match (&reg_key, loc) {
         (RegistryKey::S3 { .. }, Location::S3 { bucket, .. }) => Box::new(S3Backend::new(bucket, cfg).await?),
@@ -100,6 +101,6 @@ pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backe
         _ => unreachable!("the registry key is derived from the location"),
     };
     let backend: Arc<dyn Backend> = Arc::new(Metered::new(backend, ctx.metrics()));
-    let b = Arc::clone(ctx.backends().entry(reg_key).or_insert(backend));
+    let b = ctx.backends().get_or_insert(reg_key, backend);
     Ok((b, key))
 }

@@ -24,8 +24,8 @@ pub struct Context {
     runtime: Runtime,
     tracker: TaskTracker,
     cleanup: TaskTracker,
-    s3_clients: Mutex<HashMap<crate::backend::s3::ClientKey, aws_sdk_s3::Client>>,
-    backends: Mutex<HashMap<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>>,
+    s3_clients: Mutex<Lru<crate::backend::s3::ClientKey, aws_sdk_s3::Client>>,
+    backends: Mutex<Lru<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -61,8 +61,8 @@ pub fn context() -> Result<&'static Context> {
         runtime,
         tracker: TaskTracker::new(),
         cleanup: TaskTracker::new(),
-        s3_clients: Mutex::new(HashMap::new()),
-        backends: Mutex::new(HashMap::new()),
+        s3_clients: Mutex::new(Lru::new(CACHED)),
+        backends: Mutex::new(Lru::new(CACHED)),
         metrics: crate::metrics::Metrics::default(),
     }));
     *current = Some(ctx);
@@ -150,16 +150,68 @@ impl Context {
         &self.metrics
     }
 
-    pub(crate) fn clients(
-        &self,
-    ) -> MutexGuard<'_, HashMap<crate::backend::s3::ClientKey, aws_sdk_s3::Client>> {
+    pub(crate) fn clients(&self) -> MutexGuard<'_, Lru<crate::backend::s3::ClientKey, aws_sdk_s3::Client>> {
         lock(&self.s3_clients)
     }
 
     pub(crate) fn backends(
         &self,
-    ) -> MutexGuard<'_, HashMap<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>> {
+    ) -> MutexGuard<'_, Lru<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>> {
         lock(&self.backends)
+    }
+
+    /// (backend instances, S3 clients) cached now (each at most 64).
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        (lock(&self.backends).len(), lock(&self.s3_clients).len())
+    }
+}
+
+/// Backend instances and SDK clients kept per process: a job that builds configs with
+/// ever-changing credentials (rotated keys passed as `StorageConfig` fields) or settings would
+/// otherwise grow the caches without bound. The least recently used goes first; one still in use
+/// lives on with its users.
+const CACHED: usize = 64;
+
+/// A map that keeps at most `cap` entries, evicting the least recently used.
+pub(crate) struct Lru<K, V> {
+    map: HashMap<K, (V, u64)>,
+    tick: u64,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    fn new(cap: usize) -> Lru<K, V> {
+        Lru { map: HashMap::new(), tick: 0, cap: cap.max(1) }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The value for `key`, marked as just used.
+    pub(crate) fn get(&mut self, key: &K) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.map.get_mut(key).map(|(v, t)| {
+            *t = tick;
+            v.clone()
+        })
+    }
+
+    /// The value for `key`: the one there, or `value` inserted (evicting the least recently used
+    /// entry when full).
+    pub(crate) fn get_or_insert(&mut self, key: K, value: V) -> V {
+        if let Some(v) = self.get(&key) {
+            return v;
+        }
+        if self.map.len() >= self.cap {
+            if let Some(oldest) = self.map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone()) {
+                self.map.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.map.insert(key, (value.clone(), self.tick));
+        value
     }
 }
 
@@ -175,5 +227,19 @@ mod tests {
         assert_eq!(a.pid(), std::process::id());
         let h = a.spawn(async { 7 });
         assert_eq!(a.runtime().block_on(h).unwrap(), 7);
+    }
+
+    #[test]
+    fn lru_keeps_the_recently_used_within_its_cap() {
+        let mut l = Lru::new(3);
+        for i in 0..3 {
+            l.get_or_insert(i, i * 10);
+        }
+        assert_eq!(l.get(&0), Some(0)); // 0 is now the most recent; 1 the least
+        assert_eq!(l.get_or_insert(3, 30), 30);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.get(&1), None);
+        assert_eq!((l.get(&0), l.get(&2), l.get(&3)), (Some(0), Some(20), Some(30)));
+        assert_eq!(l.get_or_insert(2, 99), 20); // present: kept
     }
 }

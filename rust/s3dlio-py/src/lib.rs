@@ -345,6 +345,12 @@ fn oplog(path: Option<std::path::PathBuf>) -> PyResult<Option<std::path::PathBuf
     Ok(before)
 }
 
+/// (backend instances, S3 clients) cached in this process (tests of the cache bound).
+#[pyfunction]
+fn _debug_cache_sizes() -> PyResult<(usize, usize)> {
+    Ok(context().map_err(to_pyerr)?.cache_sizes())
+}
+
 /// PID the current runtime context was built in (fork-safety tests).
 #[pyfunction]
 fn _debug_runtime_pid() -> PyResult<u32> {
@@ -396,6 +402,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(live_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(stats, m)?)?;
     m.add_function(wrap_pyfunction!(oplog, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_cache_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(asyncio::_asyncio_tasks, m)?)?;
     m.add_class::<io::PyWriter>()?;
     m.add_class::<io::PyReader>()?;

@@ -194,12 +194,12 @@ impl S3Backend {
     pub async fn new(bucket: &str, cfg: &StoreConfig) -> Result<S3Backend> {
         let ctx = context()?;
         let key = ClientKey::resolve(cfg).await;
-        let cached = ctx.clients().get(&key).cloned();
+        let cached = ctx.clients().get(&key);
         let client = match cached {
             Some(c) => c,
             None => {
                 let c = key.build().await;
-                ctx.clients().entry(key).or_insert(c).clone()
+                ctx.clients().get_or_insert(key, c)
             }
         };
         Ok(S3Backend {
