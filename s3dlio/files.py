@@ -79,7 +79,31 @@ class _ObjectFile(io.BufferedIOBase):
             raise ValueError(f"I/O operation on closed file {self.uri}")
 
 
-class ObjectWriter(_ObjectFile):
+class PublishOnCleanExit:
+    """The ``with`` protocol of s3dlio's writers: a clean exit publishes (``close()``); an
+    exception aborts (``abort()``), so nothing half-written is ever published."""
+
+    if TYPE_CHECKING:  # each writer defines them: close() publishes, abort() discards, and
+        # _check_open() raises ValueError once closed
+
+        def close(self) -> object: ...
+        def abort(self) -> None: ...
+        def _check_open(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ObjectWriter(PublishOnCleanExit, _ObjectFile):
     """A streaming writer to one object (``s3dlio.open(uri, "wb")``).
 
     Memory is bounded by ``part_size * max_parts_in_flight``: ``write`` blocks (GIL released,
@@ -163,18 +187,6 @@ class ObjectWriter(_ObjectFile):
         if self._result is None:
             raise ValueError(f"{self.uri} has not been published (close() it first)")
         return self._result
-
-    def __enter__(self) -> Self:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self) -> None:
         # Garbage collected without close(): abort. (io.IOBase.__del__ would close(), which here

@@ -273,13 +273,7 @@ class LocalS3Server:
 
     def stop(self) -> None:
         """SIGKILL the server's process group (SIGTERM takes ~26 s; the data is throwaway)."""
-        if self._proc is not None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._proc.wait()
-            self._proc = None
+        self.kill()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

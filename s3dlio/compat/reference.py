@@ -47,16 +47,14 @@ import datetime as _dt
 import re
 import time
 from collections.abc import Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import s3dlio as _s3
 from s3dlio._core import Buffer, ListIter
 from s3dlio.exceptions import InvalidConfigError, InvalidUriError, StorageIOError
+from s3dlio.files import PublishOnCleanExit
 
 if TYPE_CHECKING:
-    from typing import Self
-
     from typing_extensions import Buffer as BufferLike
 
     from s3dlio.files import ObjectWriter
@@ -311,7 +309,7 @@ def _size(name: str, v: object, uri: str) -> int:
     return v
 
 
-class MultipartUploadWriter:
+class MultipartUploadWriter(PublishOnCleanExit):
     """The reference's streaming multipart writer, on :func:`s3dlio.open` (``"wb"``).
 
     ``MultipartUploadWriter.from_uri(uri, part_size=, max_in_flight=)`` (any scheme) or
@@ -438,21 +436,14 @@ class MultipartUploadWriter:
             }
         return dict(self._info)
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed writer {self.uri}")
+
     def abort(self) -> None:
         """Discard everything written; nothing is published (idempotent)."""
         self._pending = None
         self._w.abort()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __repr__(self) -> str:
         state = "closed" if self._w.closed else "open"

@@ -56,17 +56,15 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import s3dlio
 from s3dlio import exceptions
 from s3dlio.config import StorageConfig
+from s3dlio.files import PublishOnCleanExit
 from s3dlio.options import RangeEngineConfig
 
 if TYPE_CHECKING:
-    from typing import Self
-
     from typing_extensions import Buffer as BufferLike
 
     _MapBase = object
@@ -645,7 +643,7 @@ def _check_constructor(constructor: object) -> Callable[..., S3Reader]:
 # ---------------------------------------------------------------------------------------------
 
 
-class S3Writer(io.BufferedIOBase):
+class S3Writer(PublishOnCleanExit, io.BufferedIOBase):
     """A write-only file object publishing one S3 object on ``close()``.
 
     Bytes stream out in ``part_size`` parts while you write (s3dlio's streaming writer, see
@@ -659,18 +657,6 @@ class S3Writer(io.BufferedIOBase):
         self.stream = stream
         self._position = 0
         self._lock = threading.Lock()
-
-    def __enter__(self) -> Self:
-        self._check_open()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def _check_open(self) -> None:
         if self.closed:
