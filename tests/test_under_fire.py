@@ -219,3 +219,22 @@ def test_the_server_killed_and_restarted_mid_epoch(tmp_path: Any) -> None:
     assert _indices(got) == list(range(n))
     s = loader.stats()
     assert s["retries"]["connection"] > 0 and s["errors"]["connection"] == 0, s["retries"]
+
+
+def test_a_list_storm_is_waited_out(
+    bucket: str, proxy: FaultProxy, s3_config: Callable[..., s3dlio.StorageConfig]
+) -> None:
+    """Every listing request answered 503 SlowDown for 4 s (as 512 ranks listing at once draw),
+    default settings: the listing waits on paced probes and returns every key, once."""
+    s3dlio.put_many([(f"s3://{bucket}/ls/{i:03d}", b"x") for i in range(30)])
+    cfg = s3_config(endpoint_url=proxy.endpoint)
+    proxy.set_mode("http503", match=r"[?&]list-type=2")
+    calm = threading.Timer(4.0, proxy.set_mode, args=("pass",))
+    calm.start()
+    t0 = time.monotonic()
+    try:
+        got = [o.uri for o in s3dlio.list(f"s3://{bucket}/ls/", config=cfg)]
+    finally:
+        calm.join()
+    assert got == [f"s3://{bucket}/ls/{i:03d}" for i in range(30)]
+    assert time.monotonic() - t0 >= 3.5 and proxy.faults_injected >= 3  # it did wait the storm out

@@ -29,7 +29,6 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
-use futures::StreamExt;
 
 use super::http::{check_size, total_from_content_range, Resume};
 use super::{Backend, MultipartUpload};
@@ -463,20 +462,32 @@ impl Backend for S3Backend {
         }))
     }
 
+    /// One request per page, retried by s3dlio's own loop (the SDK's retries off, as for GETs):
+    /// every attempt counts once against `max_attempts`, and inside a pool's scope (a listing's,
+    /// see `ops::pages`) throttled pages wait on the pool's probes.
     fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
-        let bucket = self.bucket.clone();
-        let list_uri = self.uri(prefix);
-        let pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .set_delimiter(delimiter.then(|| "/".to_owned()))
-            .into_paginator()
-            .send();
-        futures::stream::unfold(pages, |mut pages| async move { pages.next().await.map(|p| (p, pages)) })
-            .map(move |page| {
-                let page = page.map_err(|e| map_sdk_err(e, &list_uri))?;
+        let (client, bucket, prefix) = (self.client.clone(), self.bucket.clone(), prefix.to_owned());
+        let list_uri = self.uri(&prefix);
+        let (max_attempts, initial_backoff) = (self.max_attempts, self.initial_backoff);
+        super::http::paged(move |marker: Option<String>| {
+            let (client, bucket, prefix, list_uri) =
+                (client.clone(), bucket.clone(), prefix.clone(), list_uri.clone());
+            async move {
+                let page = super::http::retrying(max_attempts, initial_backoff, || {
+                    let req = client
+                        .list_objects_v2()
+                        .bucket(&bucket)
+                        .prefix(&prefix)
+                        .set_delimiter(delimiter.then(|| "/".to_owned()))
+                        .set_continuation_token(marker.clone())
+                        .customize()
+                        .config_override(
+                            aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
+                        );
+                    let uri = list_uri.clone();
+                    async move { req.send().await.map_err(|e| map_sdk_err(e, &uri)) }
+                })
+                .await?;
                 let mut out = Vec::with_capacity(page.key_count().unwrap_or(0).max(0) as usize);
                 for p in page.common_prefixes() {
                     if let Some(prefix) = p.prefix() {
@@ -495,9 +506,20 @@ impl Backend for S3Backend {
                         });
                     }
                 }
-                Ok(out)
-            })
-            .boxed()
+                let next = if page.is_truncated().unwrap_or(false) {
+                    match page.next_continuation_token() {
+                        Some(t) => Some(t.to_owned()),
+                        None => {
+                            let msg = "the listing is truncated but carries no continuation token";
+                            return Err(Error::new(ErrorKind::Io, Some(&list_uri), msg));
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok((out, next))
+            }
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

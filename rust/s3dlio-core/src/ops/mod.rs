@@ -182,13 +182,26 @@ fn pages(
     cfg: &StoreConfig,
 ) -> BoxStream<'static, Result<ListPage>> {
     let inner = b.list(prefix, delimiter);
-    let Some(limit) = cfg.operation_timeout else { return inner };
+    // A listing is a pool of one request: a page the store throttles (a LIST storm from many
+    // ranks) waits on the pool's paced probes, which cost it no attempt, for up to the pushback
+    // timeout (see `crate::limiter`), instead of failing after `max_attempts` quick retries.
+    let scope = Scope::new(Some(Limiter::new(LimiterConfig {
+        min: 1,
+        max: 1,
+        adaptive: true,
+        pushback_timeout: crate::options::DEFAULT_PUSHBACK_TIMEOUT,
+    })));
+    let limit = cfg.operation_timeout;
     let uri = b.uri(prefix);
     futures::stream::unfold(Some(inner), move |state| {
-        let uri = uri.clone();
+        let (uri, scope) = (uri.clone(), Arc::clone(&scope));
         async move {
             let mut s = state?; // None after a timeout: the stream has ended
-            match tokio::time::timeout(limit, s.next()).await {
+            let next = Scope::run(&scope, s.next());
+            let Some(limit) = limit else {
+                return next.await.map(|p| (p, Some(s)));
+            };
+            match tokio::time::timeout(limit, next).await {
                 Ok(page) => page.map(|p| (p, Some(s))),
                 Err(_) => {
                     let msg = format!("operation_timeout ({limit:?}) expired");
