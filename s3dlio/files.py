@@ -89,6 +89,8 @@ class PublishOnCleanExit:
         def close(self) -> object: ...
         def abort(self) -> None: ...
         def _check_open(self) -> None: ...
+        @property
+        def closed(self) -> bool: ...
 
     def __enter__(self) -> Self:
         self._check_open()
@@ -101,6 +103,15 @@ class PublishOnCleanExit:
             self.close()
         else:
             self.abort()
+
+    def __del__(self) -> None:
+        # Garbage collected without close(): abort. (io.IOBase.__del__ would close(), which here
+        # would publish a possibly half-written object.)
+        try:
+            if not self.closed:
+                self.abort()
+        except Exception:  # noqa: S110 - nothing to report to at GC time; the abort is best effort
+            pass
 
 
 class ObjectWriter(PublishOnCleanExit, _ObjectFile):
@@ -187,15 +198,6 @@ class ObjectWriter(PublishOnCleanExit, _ObjectFile):
         if self._result is None:
             raise ValueError(f"{self.uri} has not been published (close() it first)")
         return self._result
-
-    def __del__(self) -> None:
-        # Garbage collected without close(): abort. (io.IOBase.__del__ would close(), which here
-        # would publish a possibly half-written object.)
-        try:
-            if not self.closed:
-                self.abort()
-        except Exception:  # noqa: S110 - nothing to report to at GC time; the abort is best effort
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

@@ -717,14 +717,6 @@ class S3Writer(PublishOnCleanExit, io.BufferedIOBase):
         """Bytes written so far."""
         return self._position
 
-    def __del__(self) -> None:
-        # io.IOBase.__del__ would close(), publishing what may be half an object: abort instead.
-        try:
-            if not self.closed:
-                self.abort()
-        except Exception:  # noqa: S110 - nothing to report to at GC time; the abort is best effort
-            pass
-
     def __repr__(self) -> str:
         return f"<S3Writer {self.stream.uri!r}>"
 
