@@ -31,7 +31,13 @@ import s3dlio as _s3
 
 from ._core import Buffer
 from .config import StorageConfig
-from .exceptions import CorruptCheckpointError, InvalidConfigError, NotFoundError, StorageIOError
+from .exceptions import (
+    CorruptCheckpointError,
+    InvalidConfigError,
+    NotFoundError,
+    S3dlioError,
+    StorageIOError,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -71,6 +77,35 @@ def _torch() -> ModuleType:
     return torch
 
 
+def _torch_save(obj: object, w: Any) -> None:
+    """``torch.save(obj, w)``, raising the storage error itself when a write fails.
+
+    torch's zip writer answers an exception from ``w.write`` by finishing the archive in its
+    ``__exit__``, which fails with its own ``RuntimeError`` ("[enforce fail at
+    inline_container.cc] unexpected pos ...") and buries the real cause (access denied, a full
+    disk, throttling) in ``__context__``, where DCP's per-rank exception report never shows it.
+    """
+    try:
+        _torch().save(obj, w)
+    except RuntimeError as e:
+        cause = _storage_cause(e)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _storage_cause(err: BaseException) -> BaseException | None:
+    """The s3dlio (or OS) error in ``err``'s context chain that made a torch serialiser fail."""
+    seen: set[int] = set()
+    e: BaseException | None = err.__cause__ or err.__context__
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (S3dlioError, OSError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class SavedObject(NamedTuple):
     """What :func:`save` wrote: the object's URI, its size in bytes and its CRC32C (Castagnoli)."""
 
@@ -106,11 +141,11 @@ def save(
     object is published only when torch has finished. An exception (or Ctrl-C) aborts the upload
     and leaves any previous version of ``uri`` in place. Returns the URI, size and CRC32C written.
     """
-    torch = _torch()
+    _torch()  # the ImportError before anything is opened
     with _s3.open(
         uri, "wb", part_size=part_size, max_parts_in_flight=max_parts_in_flight, config=config
     ) as w:
-        torch.save(obj, w)
+        _torch_save(obj, w)
     return SavedObject(w.uri, w.size, w.crc32c)
 
 
@@ -523,7 +558,7 @@ class CheckpointManager:
             config=self.config,
         ) as w:
             if fmt == "torch":
-                _torch().save(state, w)
+                _torch_save(state, w)
             elif fmt == "numpy":
                 _write_numpy(state, w)
             else:

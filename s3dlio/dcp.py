@@ -54,7 +54,7 @@ from torch.futures import Future
 
 import s3dlio as _s3
 
-from .checkpoint import _count, _MemoryReader
+from .checkpoint import _count, _MemoryReader, _storage_cause
 from .config import StorageConfig
 from .exceptions import InvalidConfigError, StorageIOError
 
@@ -209,6 +209,17 @@ class StorageWriter(FileSystemWriter):
         result_queue: queue.Queue[list[WriteResult]] = queue.Queue()
 
         def drain() -> None:
+            try:
+                write_files()
+            except RuntimeError as e:
+                # torch.save buries a failed write (access denied, a full store) under its own
+                # "unexpected pos" error; DCP's report of the rank's failure would show only that.
+                cause = _storage_cause(e)
+                if cause is None:
+                    raise
+                raise cause from None
+
+        def write_files() -> None:
             _fs._write_files_from_queue(
                 create_stream=self.fs.create_stream,
                 file_queue=file_queue,

@@ -97,6 +97,17 @@ def test_failed_save_keeps_the_previous_version(root: str) -> None:
     assert [i.uri for i in s3dlio.list(root)] == [uri]
 
 
+def test_refused_write_raises_the_store_error(bucket: str, s3_server: Any, s3_config: Any) -> None:
+    """A part refused mid-save (the read-only identity) raises the store's AccessDeniedError, not
+    the "unexpected pos" error torch's zip writer raises over it; nothing is published."""
+    ro = s3_config(access_key_id=s3_server.readonly_key, secret_access_key=s3_server.readonly_secret)
+    uri = f"s3://{bucket}/ro/model.pt"
+    with pytest.raises(s3dlio.exceptions.AccessDeniedError) as ei:
+        s3dlio.checkpoint.save({"w": torch.zeros(4 * MiB)}, uri, config=ro, part_size=5 * MiB)
+    assert "unexpected pos" not in str(ei.value) and bucket in str(ei.value)
+    assert not s3dlio.exists(uri)
+
+
 def test_torch_load_of_an_uploaded_torch_save(bucket: str, tmp_path: Path, boto3_client: Any) -> None:
     """A checkpoint written by plain torch.save to a local file, uploaded with boto3 and with
     s3dlio.put, loads with torch.load(s3dlio.open(uri, "rb")) and with s3dlio.checkpoint.load."""

@@ -263,3 +263,20 @@ def test_metadata_pickles_through_a_reader(bucket: str) -> None:
     s3dlio.put(uri, pickle.dumps({"a": 1}))
     with S3dlioFileSystem().create_stream(uri, "rb") as f:
         assert pickle.load(f) == {"a": 1}
+
+
+@SINGLE
+def test_dcp_storage_error_is_reported_not_torchs_zip_error(bucket: str, s3_server, s3_config) -> None:  # type: ignore[no-untyped-def]
+    """A write refused by the store (here: the read-only identity) fails the save with the store's
+    error in DCP's per-rank report, not with torch's "unexpected pos" zip-writer error that
+    torch.save raises over it."""
+    ro = s3_config(access_key_id=s3_server.readonly_key, secret_access_key=s3_server.readonly_secret)
+    sd = {"big": torch.zeros(6 * MiB), "small": torch.ones(10)}  # 24 MiB: parts go out mid-save
+    with pytest.raises(CheckpointException) as ei:
+        dcp.save(sd, storage_writer=StorageWriter(f"s3://{bucket}/dcp/ro", config=ro, part_size=5 * MiB))
+    failure = ei.value.failures[0]
+    if isinstance(failure, tuple):  # torch >= 2.4 keeps (exception, traceback frames)
+        failure = failure[0]
+    assert isinstance(failure, s3dlio.exceptions.AccessDeniedError), repr(failure)
+    assert "unexpected pos" not in str(failure) and bucket in str(failure)
+    assert not s3dlio.exists(f"s3://{bucket}/dcp/ro/.metadata")
