@@ -321,6 +321,16 @@ class Series:
         }
 
 
+def _stderr(err: str) -> str:
+    """A failed child's stderr for the error message: all of it up to 20,000 characters, else its
+    start and its end (the first exception of a chained traceback is at the start)."""
+    return (
+        err
+        if len(err) <= 20_000
+        else f"{err[:6000]}\n[... {len(err) - 20_000} characters ...]\n{err[-14000:]}"
+    )
+
+
 def drive(
     cmd: list[str], env: dict[str, str], jobs: int, server_pid: int, what: str
 ) -> list[tuple[dict[str, Any], float, float]]:
@@ -338,7 +348,7 @@ def drive(
             line = child.stdout.readline()
             if line.strip() != "READY":
                 _, err = child.communicate(timeout=60)
-                raise RuntimeError(f"{what}: did not start: {line!r} {err[-3000:]}")
+                raise RuntimeError(f"{what}: did not start: {line!r} {_stderr(err)}")
             before, busy = proc_cpu_seconds(server_pid), busy_cpu_seconds()
             child.stdin.write("go\n")
             child.stdin.flush()
@@ -346,11 +356,13 @@ def drive(
             after, busy = proc_cpu_seconds(server_pid), busy_cpu_seconds() - busy
             if not line.startswith("RESULT "):
                 rest, err = child.communicate(timeout=60)
-                raise RuntimeError(f"{what}: failed (rc {child.returncode}): {line!r} {rest!r} {err[-3000:]}")
+                raise RuntimeError(
+                    f"{what}: failed (rc {child.returncode}): {line!r} {rest!r} {_stderr(err)}"
+                )
             out.append((json.loads(line[len("RESULT ") :]), after - before, busy))
         rest, err = child.communicate(timeout=600)
         if child.returncode != 0:
-            raise RuntimeError(f"{what}: failed (rc {child.returncode}): {rest!r} {err[-3000:]}")
+            raise RuntimeError(f"{what}: failed (rc {child.returncode}): {rest!r} {_stderr(err)}")
     finally:
         if child.poll() is None:
             child.kill()
