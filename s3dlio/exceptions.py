@@ -15,6 +15,7 @@ class                            also a                 raised for
 :class:`DirectIOUnsupported`     ``OSError``            ``direct://`` on a filesystem without O_DIRECT
 :class:`StorageIOError`          ``OSError``            other I/O, network or server errors
 :class:`CorruptCheckpointError`  ``OSError``            a checkpoint shard or manifest that fails its checks
+:class:`CorruptShardError`       ``OSError``            a dataset shard (tar, TFRecord, zip) that fails to parse or its CRCs
 :class:`CancelledError`          --                     the operation's cancellation token fired
 ===============================  =====================  ====================================================
 
@@ -36,6 +37,7 @@ __all__ = [
     "AccessDeniedError",
     "CancelledError",
     "CorruptCheckpointError",
+    "CorruptShardError",
     "DirectIOUnsupported",
     "InvalidConfigError",
     "InvalidUriError",
@@ -134,3 +136,11 @@ class CorruptCheckpointError(StorageIOError):
     manifest recorded, a shard or manifest that is missing, or a manifest that cannot be parsed.
     ``uri`` names the offending object (the shard, or the manifest). A :class:`StorageIOError`
     (and so an ``OSError``); raised by :mod:`s3dlio.checkpoint`."""
+
+
+class CorruptShardError(StorageIOError):
+    """A dataset shard that cannot be trusted: a TFRecord record whose length or data CRC does not
+    match, a tar header or zip directory that does not parse, an index that points outside its
+    shard. ``uri`` names the shard, and the message the record or member. A
+    :class:`StorageIOError` (and so an ``OSError``); raised by :mod:`s3dlio.formats` and
+    :class:`s3dlio.ShardedDataset`."""
