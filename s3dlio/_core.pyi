@@ -161,6 +161,7 @@ class BatchStream:
         config: Config | None = None,
         token: CancelToken | None = None,
         scope: LoaderScope | None = None,
+        source: SampleSource | None = None,
     ) -> BatchStream: ...
     def __iter__(self) -> BatchStream: ...
     def __next__(self) -> tuple[builtins.list[int], builtins.list[int], builtins.list[Buffer]]: ...
@@ -171,6 +172,26 @@ class BatchStream:
     def live_tasks(self) -> int: ...
     def stats(self) -> tuple[int, int, int]:
         """(requests_started, requests_finished, bytes) so far."""
+
+@final
+class SampleSource:
+    """Samples that are byte ranges of objects: ``items`` packs (object, start, length) as
+    little-endian u64 triples; a batch's ranges within ``max_gap`` of each other in one object
+    share a GET of at most ``max_range`` bytes."""
+
+    def __new__(
+        cls,
+        uris: Sequence[str],
+        items: bytes,
+        sizes: Sequence[int | None] | None = None,
+        max_gap: int = ...,
+        max_range: int = ...,
+    ) -> SampleSource: ...
+    def __len__(self) -> int: ...
+    @property
+    def objects(self) -> int: ...
+    @property
+    def coalesce(self) -> tuple[int, int]: ...
 
 @final
 class LoaderScope:

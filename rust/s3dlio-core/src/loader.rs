@@ -61,10 +61,46 @@ where
 
 /// The objects a loader can read: URIs, with sizes where known (from a listing or manifest), so
 /// no HEAD is needed to decide on the range engine.
+///
+/// With [`Source::with_items`], the loader's samples are byte ranges of those objects (the samples
+/// of indexed shards: tar members, TFRecord records, HDF5 rows) instead of whole objects: dataset
+/// index `i` is `items[i]`, and the ranges of one batch that lie in one object within
+/// [`Coalesce::max_gap`] of each other are fetched by one ranged GET.
 #[derive(Debug, Default)]
 pub struct Source {
     pub uris: Vec<String>,
     pub sizes: Vec<Option<u64>>,
+    pub items: Option<Vec<Item>>,
+    pub coalesce: Coalesce,
+}
+
+/// One sample that is a byte range of an object: `len` bytes at `start` of `uris[obj]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item {
+    pub obj: u32,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl Item {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// How the ranges of one batch are merged into requests: neighbours in one object whose gap is at
+/// most `max_gap` bytes share a GET (the gap is read and dropped), while the merged range stays
+/// within `max_range` bytes. `max_gap = 0` merges only ranges that touch or overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalesce {
+    pub max_gap: u64,
+    pub max_range: u64,
+}
+
+impl Default for Coalesce {
+    fn default() -> Self {
+        Coalesce { max_gap: 1 << 20, max_range: 8 << 20 }
+    }
 }
 
 impl Source {
@@ -83,16 +119,95 @@ impl Source {
         for u in &uris {
             Location::parse_object(u)?;
         }
-        Ok(Source { uris, sizes })
+        Ok(Source { uris, sizes, items: None, coalesce: Coalesce::default() })
     }
 
+    /// Samples that are byte ranges of the objects. Every item must name an object of the source,
+    /// be at least one byte long, and end within the object where its size is known.
+    pub fn with_items(mut self, items: Vec<Item>, coalesce: Coalesce) -> Result<Source> {
+        for (i, it) in items.iter().enumerate() {
+            let Some(uri) = self.uris.get(it.obj as usize) else {
+                return Err(Error::invalid_config(format!(
+                    "sample {i} names object {} of {}",
+                    it.obj,
+                    self.uris.len()
+                )));
+            };
+            let end = it.start.checked_add(it.len);
+            let size = self.sizes[it.obj as usize];
+            if it.len == 0 || end.is_none() || size.is_some_and(|s| end.is_some_and(|e| e > s)) {
+                return Err(Error::invalid_range(
+                    uri,
+                    format!(
+                        "sample {i}: {} bytes at {} do not fit in the object ({} bytes)",
+                        it.len,
+                        it.start,
+                        size.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+                    ),
+                ));
+            }
+        }
+        if coalesce.max_range == 0 {
+            return Err(Error::invalid_config("max_range must be at least 1 byte"));
+        }
+        self.items = Some(items);
+        self.coalesce = coalesce;
+        Ok(self)
+    }
+
+    /// Samples: the items when there are any, else the objects.
     pub fn len(&self) -> usize {
-        self.uris.len()
+        self.items.as_ref().map_or(self.uris.len(), Vec::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.uris.is_empty()
+        self.len() == 0
     }
+}
+
+/// One request of a ranged loader: a range of one object and the samples (position in the
+/// epoch, dataset index, offset in the range, length) it serves.
+#[derive(Debug)]
+struct Group {
+    obj: u32,
+    start: u64,
+    end: u64,
+    members: Vec<(usize, u64, u64, u64)>,
+}
+
+/// The requests for one batch of ranged samples: per object, ranges sorted by start and merged
+/// under `c`. Every sample of the batch is in exactly one group.
+fn plan_groups(batch: &[(usize, u64)], items: &[Item], c: Coalesce) -> Vec<Group> {
+    let mut sorted: Vec<(Item, usize, u64)> =
+        batch.iter().map(|&(pos, idx)| (items[idx as usize], pos, idx)).collect();
+    sorted.sort_by_key(|(it, pos, _)| (it.obj, it.start, *pos));
+    let mut groups: Vec<Group> = Vec::new();
+    let mut pending: Vec<(Item, usize, u64)> = Vec::new();
+    let flush = |pending: &mut Vec<(Item, usize, u64)>, groups: &mut Vec<Group>| {
+        if let Some(&(first, _, _)) = pending.first() {
+            let start = first.start;
+            let end = pending.iter().map(|(it, _, _)| it.end()).max().unwrap_or(start);
+            let members =
+                pending.drain(..).map(|(it, pos, idx)| (pos, idx, it.start - start, it.len)).collect();
+            groups.push(Group { obj: first.obj, start, end, members });
+        }
+    };
+    let (mut g_start, mut g_end) = (0u64, 0u64);
+    for entry in sorted {
+        let it = entry.0;
+        let joins = pending.first().is_some_and(|f| f.0.obj == it.obj)
+            && it.start <= g_end.saturating_add(c.max_gap)
+            && it.end().max(g_end) - g_start <= c.max_range;
+        if joins {
+            g_end = g_end.max(it.end());
+        } else {
+            flush(&mut pending, &mut groups);
+            (g_start, g_end) = (it.start, it.end());
+        }
+        pending.push(entry);
+    }
+    flush(&mut pending, &mut groups);
+    groups
 }
 
 /// One batch: for each sample, its position in the epoch order the loader was given, its dataset
@@ -184,6 +299,49 @@ impl Fetcher {
     }
 }
 
+impl Fetcher {
+    /// One ranged request of a ranged loader, cut into its samples (zero-copy slices).
+    async fn fetch_group(&self, g: Group) -> Vec<(usize, u64, Result<Bytes>)> {
+        self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
+        let uri = &self.source.uris[g.obj as usize];
+        let work = ops::get_range(uri, g.start, Some(g.end - g.start), &self.cfg);
+        let r = match self.request_timeout {
+            None => work.await,
+            Some(d) => tokio::time::timeout(d, work).await.unwrap_or_else(|_| {
+                Err(Error::new(ErrorKind::Timeout, Some(uri), format!("request_timeout ({d:?}) expired")))
+            }),
+        };
+        self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(data) => {
+                self.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                g.members
+                    .into_iter()
+                    .map(|(pos, idx, off, len)| {
+                        let (a, b) = (off as usize, (off + len) as usize);
+                        let slice = if b <= data.len() {
+                            Ok(data.slice(a..b))
+                        } else {
+                            Err(Error::new(
+                                ErrorKind::Io,
+                                Some(uri),
+                                format!(
+                                    "short read: asked for {} bytes at {}, got {}",
+                                    g.end - g.start,
+                                    g.start,
+                                    data.len()
+                                ),
+                            ))
+                        };
+                        (pos, idx, slice)
+                    })
+                    .collect()
+            }
+            Err(e) => g.members.into_iter().map(|(pos, idx, _, _)| (pos, idx, Err(e.clone()))).collect(),
+        }
+    }
+}
+
 impl BatchLoader {
     /// Start fetching `order` (dataset indices, in epoch order) from `source`. The loader's root
     /// token is a child of `parent`: cancelling `parent` stops every loader made from it.
@@ -224,18 +382,41 @@ impl BatchLoader {
             let order = futures::stream::iter(order.into_iter().enumerate())
                 .take_until(stop.clone().cancelled_owned());
             let req_scope = Arc::clone(&scope);
-            let requests = order.map(move |(pos, idx)| {
-                let f = Arc::clone(&fetcher);
-                let fetch = Scope::run(&req_scope, async move { f.fetch(idx).await });
-                async move { (pos, idx, fetch.await) }
-            });
-            let items: BoxStream<'static, (usize, u64, Result<Bytes>)> = if in_order {
-                requests.buffered(pool_size).boxed()
+            let items: BoxStream<'static, (usize, u64, Result<Bytes>)> = if fetcher.source.items.is_some() {
+                // Ranged samples: each batch's ranges become merged requests, whose samples are
+                // handed on in batch order (a batch's requests are consecutive in the stream).
+                let plan = Arc::clone(&fetcher);
+                let groups = order.chunks(batch_size).flat_map(move |batch| {
+                    let items = plan.source.items.as_deref().unwrap_or_default();
+                    futures::stream::iter(plan_groups(&batch, items, plan.source.coalesce))
+                });
+                let requests = groups.map(move |g| {
+                    let f = Arc::clone(&fetcher);
+                    Scope::run(&req_scope, async move { f.fetch_group(g).await })
+                });
+                let done = if in_order {
+                    requests.buffered(pool_size).boxed()
+                } else {
+                    requests.buffer_unordered(pool_size).boxed()
+                };
+                done.flat_map(futures::stream::iter).boxed()
             } else {
-                requests.buffer_unordered(pool_size).boxed()
+                let requests = order.map(move |(pos, idx)| {
+                    let f = Arc::clone(&fetcher);
+                    let fetch = Scope::run(&req_scope, async move { f.fetch(idx).await });
+                    async move { (pos, idx, fetch.await) }
+                });
+                if in_order {
+                    requests.buffered(pool_size).boxed()
+                } else {
+                    requests.buffer_unordered(pool_size).boxed()
+                }
             };
             let mut batches = items.chunks(batch_size);
-            while let Some(chunk) = batches.next().await {
+            while let Some(mut chunk) = batches.next().await {
+                if in_order {
+                    chunk.sort_by_key(|(pos, _, _)| *pos); // a batch's merged requests are by offset
+                }
                 let n = chunk.len();
                 let mut positions = Vec::with_capacity(n);
                 let mut indices = Vec::with_capacity(n);
@@ -344,5 +525,89 @@ impl BatchLoader {
 impl Drop for BatchLoader {
     fn drop(&mut self) {
         self.token.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn it(obj: u32, start: u64, len: u64) -> Item {
+        Item { obj, start, len }
+    }
+
+    /// (object, start, end, [(position, offset in range, length)]) of each request.
+    fn plan(
+        batch: &[(usize, u64)],
+        items: &[Item],
+        max_gap: u64,
+        max_range: u64,
+    ) -> Vec<(u32, u64, u64, Vec<(usize, u64, u64)>)> {
+        plan_groups(batch, items, Coalesce { max_gap, max_range })
+            .into_iter()
+            .map(|g| (g.obj, g.start, g.end, g.members.iter().map(|&(p, _, o, l)| (p, o, l)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn neighbours_in_one_object_share_a_request() {
+        let items = [it(0, 100, 10), it(0, 0, 50), it(1, 0, 10), it(0, 60, 20), it(0, 5000, 10)];
+        // batch order: 0, 1, 2, 3, 4 at positions 10..15
+        let batch: Vec<(usize, u64)> = (0..5).map(|i| (10 + i, i as u64)).collect();
+        assert_eq!(
+            plan(&batch, &items, 20, 1 << 20), // 80..100: a gap of exactly max_gap joins
+            vec![
+                (0, 0, 110, vec![(11, 0, 50), (13, 60, 20), (10, 100, 10)]),
+                (0, 5000, 5010, vec![(14, 0, 10)]),
+                (1, 0, 10, vec![(12, 0, 10)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gap_past_max_gap_splits() {
+        let items = [it(0, 0, 80), it(0, 101, 9)];
+        assert_eq!(
+            plan(&[(0, 0), (1, 1)], &items, 20, 1 << 20),
+            vec![(0, 0, 80, vec![(0, 0, 80)]), (0, 101, 110, vec![(1, 0, 9)])]
+        );
+    }
+
+    #[test]
+    fn gap_zero_merges_only_touching_and_overlapping_ranges() {
+        let items = [it(0, 0, 10), it(0, 10, 10), it(0, 21, 5), it(0, 5, 3)];
+        let batch: Vec<(usize, u64)> = (0..4).map(|i| (i, i as u64)).collect();
+        assert_eq!(
+            plan(&batch, &items, 0, 1 << 20),
+            vec![(0, 0, 20, vec![(0, 0, 10), (3, 5, 3), (1, 10, 10)]), (0, 21, 26, vec![(2, 0, 5)])]
+        );
+    }
+
+    #[test]
+    fn max_range_bounds_a_merged_request_and_repeats_are_served_twice() {
+        let items = [it(0, 0, 40), it(0, 40, 40), it(0, 80, 40)];
+        // index 1 twice (an "even=pad" repeat): both positions get it
+        let batch = [(0, 0), (1, 1), (2, 2), (3, 1)];
+        assert_eq!(
+            plan(&batch, &items, 1 << 20, 100),
+            vec![(0, 0, 80, vec![(0, 0, 40), (1, 40, 40), (3, 40, 40)]), (0, 80, 120, vec![(2, 0, 40)])]
+        );
+        // a sample larger than max_range is a request of its own
+        assert_eq!(plan(&[(0, 0)], &[it(0, 0, 500)], 0, 100), vec![(0, 0, 500, vec![(0, 0, 500)])]);
+    }
+
+    #[test]
+    fn items_are_checked_against_the_objects() {
+        let src =
+            || Source::new(vec!["s3://b/a".into(), "s3://b/c".into()], Some(vec![Some(100), None])).unwrap();
+        assert!(src().with_items(vec![it(0, 90, 10), it(1, 1 << 40, 5)], Coalesce::default()).is_ok());
+        let e = src().with_items(vec![it(0, 95, 10)], Coalesce::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidRange);
+        assert!(e.to_string().contains("s3://b/a") && e.to_string().contains("sample 0"), "{e}");
+        assert!(src().with_items(vec![it(2, 0, 1)], Coalesce::default()).is_err());
+        assert!(src().with_items(vec![it(0, 0, 0)], Coalesce::default()).is_err());
+        assert!(src().with_items(vec![it(1, u64::MAX, 2)], Coalesce::default()).is_err());
+        let s = src().with_items(vec![it(0, 0, 1); 7], Coalesce::default()).unwrap();
+        assert_eq!(s.len(), 7);
     }
 }

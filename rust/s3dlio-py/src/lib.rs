@@ -414,6 +414,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loader::CancelToken>()?;
     m.add_class::<loader::BatchStream>()?;
     m.add_class::<loader::LoaderScope>()?;
+    m.add_class::<loader::SampleSource>()?;
     m.add_function(wrap_pyfunction!(loader::validate_loader_options, m)?)?;
     m.add_function(wrap_pyfunction!(loader::validate_pool_config, m)?)?;
     m.add_function(wrap_pyfunction!(loader::validate_range_config, m)?)?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyTuple};
-use s3dlio_core::loader::{Batch, BatchFailure, BatchLoader, LoaderStats, Source};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
+use s3dlio_core::loader::{Batch, BatchFailure, BatchLoader, Coalesce, Item, LoaderStats, Source};
 use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig, DEFAULT_PUSHBACK_TIMEOUT};
 use s3dlio_core::runtime::context;
 use s3dlio_core::sampler::{self, Evenness};
@@ -282,7 +282,7 @@ enum Step {
 #[pymethods]
 impl BatchStream {
     #[new]
-    #[pyo3(signature = (uris, order, options, pool, range_engine, sizes=None, config=None, token=None, scope=None))]
+    #[pyo3(signature = (uris, order, options, pool, range_engine, sizes=None, config=None, token=None, scope=None, source=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         uris: Vec<String>,
@@ -294,19 +294,24 @@ impl BatchStream {
         config: Option<&Bound<'_, Config>>,
         token: Option<&Bound<'_, CancelToken>>,
         scope: Option<&Bound<'_, LoaderScope>>,
+        source: Option<&Bound<'_, SampleSource>>,
     ) -> PyResult<Self> {
         let opts = loader_options(options)?;
         let pool = pool_config(pool)?;
         let range = range_config(range_engine)?;
-        let source = Source::new(uris, sizes).map_err(to_pyerr)?;
+        let source = match source {
+            Some(s) if uris.is_empty() && sizes.is_none() => Arc::clone(&s.get().source),
+            Some(_) => return Err(invalid_config("pass either uris (and sizes) or source=, not both")),
+            None => Arc::new(Source::new(uris, sizes).map_err(to_pyerr)?),
+        };
         if let Some(bad) = order.iter().find(|&&i| i >= source.len() as u64) {
-            return Err(invalid_config(format!("index {bad} is out of range for {} objects", source.len())));
+            return Err(invalid_config(format!("index {bad} is out of range for {} samples", source.len())));
         }
         let ctx = context().map_err(to_pyerr)?;
         let parent = token.map(|t| t.get().token.clone());
         let loader = BatchLoader::start(
             ctx,
-            Arc::new(source),
+            source,
             order,
             &opts,
             &pool,
@@ -418,6 +423,63 @@ impl BatchStream {
     /// `(requests_started, requests_finished, bytes)` so far.
     fn stats(&self) -> (u64, u64, u64) {
         (self.stats.started(), self.stats.finished(), self.stats.bytes())
+    }
+}
+
+/// The samples of a dataset whose samples are byte ranges of objects (indexed shards), built once
+/// and shared by every epoch's stream: the objects (URIs, sizes where known) and, for each
+/// sample, its object, start and length, packed as little-endian `u64` triples in `items`.
+#[pyclass(frozen, module = "s3dlio._core", name = "SampleSource")]
+pub struct SampleSource {
+    source: Arc<Source>,
+}
+
+#[pymethods]
+impl SampleSource {
+    #[new]
+    #[pyo3(signature = (uris, items, sizes=None, max_gap=1 << 20, max_range=8 << 20))]
+    fn new(
+        py: Python<'_>,
+        uris: Vec<String>,
+        items: &Bound<'_, PyBytes>,
+        sizes: Option<Vec<Option<u64>>>,
+        max_gap: u64,
+        max_range: u64,
+    ) -> PyResult<Self> {
+        let raw = items.as_bytes();
+        if raw.len() % 24 != 0 {
+            return Err(invalid_config(format!(
+                "items must be (object, start, length) u64 triples: {} bytes is not a multiple of 24",
+                raw.len()
+            )));
+        }
+        let source = py.detach(|| -> s3dlio_core::Result<Source> {
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            let mut parsed = Vec::with_capacity(raw.len() / 24);
+            for (i, t) in raw.chunks_exact(24).enumerate() {
+                let obj = u32::try_from(word(&t[..8]))
+                    .map_err(|_| Error::invalid_config(format!("sample {i}: object number too large")))?;
+                parsed.push(Item { obj, start: word(&t[8..16]), len: word(&t[16..]) });
+            }
+            Source::new(uris, sizes)?.with_items(parsed, Coalesce { max_gap, max_range })
+        });
+        Ok(SampleSource { source: Arc::new(source.map_err(to_pyerr)?) })
+    }
+
+    fn __len__(&self) -> usize {
+        self.source.len()
+    }
+
+    /// Objects (shards) the samples are in.
+    #[getter]
+    fn objects(&self) -> usize {
+        self.source.uris.len()
+    }
+
+    /// `(max_gap, max_range)`: how a batch's ranges are merged into requests.
+    #[getter]
+    fn coalesce(&self) -> (u64, u64) {
+        (self.source.coalesce.max_gap, self.source.coalesce.max_range)
     }
 }
 
