@@ -537,12 +537,9 @@ mod tests {
     }
 
     /// (object, start, end, [(position, offset in range, length)]) of each request.
-    fn plan(
-        batch: &[(usize, u64)],
-        items: &[Item],
-        max_gap: u64,
-        max_range: u64,
-    ) -> Vec<(u32, u64, u64, Vec<(usize, u64, u64)>)> {
+    type Planned = Vec<(u32, u64, u64, Vec<(usize, u64, u64)>)>;
+
+    fn plan(batch: &[(usize, u64)], items: &[Item], max_gap: u64, max_range: u64) -> Planned {
         plan_groups(batch, items, Coalesce { max_gap, max_range })
             .into_iter()
             .map(|g| (g.obj, g.start, g.end, g.members.iter().map(|&(p, _, o, l)| (p, o, l)).collect()))
