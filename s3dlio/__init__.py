@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer as BufferLike
 
     from .data import DataLoader, ObjectDataset, ObjectIterableDataset
+    from .sharded import ShardedDataset, ShardStream
 
 __version__ = _core.__version__
 
@@ -94,6 +95,8 @@ __all__ = [
     "ObjectWriter",
     "PoolConfig",
     "RangeEngineConfig",
+    "ShardStream",
+    "ShardedDataset",
     "StorageConfig",
     "__version__",
     "copy",
@@ -143,8 +146,9 @@ __all__ = [
 _list = list  # the builtin, shadowed below by s3dlio.list
 
 _LAZY = {"DataLoader", "ObjectDataset", "ObjectIterableDataset"}
+_LAZY_SHARDED = {"ShardedDataset", "ShardStream"}
 # Submodules that import a framework when used: `s3dlio.checkpoint` works after `import s3dlio`.
-_SUBMODULES = {"checkpoint", "dcp", "lightning", "jax", "tf", "data"}
+_SUBMODULES = {"checkpoint", "dcp", "lightning", "jax", "tf", "data", "sharded", "formats", "gen"}
 
 
 def __getattr__(name: str) -> object:
@@ -154,6 +158,10 @@ def __getattr__(name: str) -> object:
         from . import data
 
         return getattr(data, name)
+    if name in _LAZY_SHARDED:
+        from . import sharded
+
+        return getattr(sharded, name)
     if name in _SUBMODULES:
         import importlib
 

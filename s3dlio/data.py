@@ -149,6 +149,10 @@ class _ObjectSource:
     def _sample(self, buf: _core.Buffer) -> Any:
         return buf if self.transform is None else self.transform(buf)
 
+    def _sample_at(self, index: int, buf: _core.Buffer) -> Any:
+        """Sample ``index`` from its fetched bytes (a sharded dataset decodes by index)."""
+        return self._sample(buf)
+
     @classmethod
     def from_prefix(cls: type[T], uri: str, *, pattern: str | None = None, **kwargs: Any) -> T:
         """Every object under a prefix (one streamed listing; sizes kept, so no HEAD per object),
@@ -669,10 +673,11 @@ class _EpochIterator(Generic[T]):
         self._window = 0 if self._workers is None else max(1, min(o.num_workers, readahead - 1))
         pool = dict(loader.pool.to_dict(), readahead_batches=max(1, readahead - self._window))
         loader._epoch_started()  # before the stream starts fetching
+        ranged: _core.SampleSource | None = getattr(ds, "_sample_source", lambda: None)()
         self._stream = _core.BatchStream(
-            ds.uris, [order[p] for p in remaining], o.to_dict(), pool,
-            loader.range_engine.to_dict(), ds.sizes, _native(ds.config), loader.cancel_token,
-            loader._scope_handle(),
+            [] if ranged else ds.uris, [order[p] for p in remaining], o.to_dict(), pool,
+            loader.range_engine.to_dict(), None if ranged else ds.sizes, _native(ds.config),
+            loader.cancel_token, loader._scope_handle(), ranged,
         )  # fmt: skip
         self._pending: collections.deque[tuple[list[int], Future[Any]]] = collections.deque()
         self._exhausted = False
@@ -681,20 +686,20 @@ class _EpochIterator(Generic[T]):
     def __iter__(self) -> _EpochIterator[T]:
         return self
 
-    def _process(self, bufs: list[_core.Buffer]) -> Any:
+    def _process(self, indices: list[int], bufs: list[_core.Buffer]) -> Any:
         ds = self.loader.dataset
-        batch = self.loader.collate_fn([ds._sample(b) for b in bufs])
+        batch = self.loader.collate_fn([ds._sample_at(i, b) for i, b in zip(indices, bufs, strict=True)])
         if self.loader.options.pin_memory:
             batch = _pin(batch)
         return batch
 
-    def _pull(self) -> tuple[list[int], list[_core.Buffer]] | None:
+    def _pull(self) -> tuple[list[int], list[int], list[_core.Buffer]] | None:
         try:
-            positions, _indices, bufs = next(self._stream)
+            positions, indices, bufs = next(self._stream)
         except StopIteration:
             self._exhausted = True
             return None
-        return [self._positions[p] for p in positions], bufs
+        return [self._positions[p] for p in positions], indices, bufs
 
     def __next__(self) -> T:
         return self._next()[1]
@@ -706,14 +711,14 @@ class _EpochIterator(Generic[T]):
                 raw = self._pull()
                 if raw is None:
                     return self._finish()
-                positions, bufs = raw
-                batch = self._process(bufs)
+                positions, indices, bufs = raw
+                batch = self._process(indices, bufs)
             else:
                 while not self._exhausted and len(self._pending) < self._window:
                     raw = self._pull()
                     if raw is None:
                         break
-                    self._pending.append((raw[0], self._workers.submit(self._process, raw[1])))
+                    self._pending.append((raw[0], self._workers.submit(self._process, raw[1], raw[2])))
                 if not self._pending:
                     return self._finish()
                 positions, fut = self._pending.popleft()
