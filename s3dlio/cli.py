@@ -362,45 +362,59 @@ def cmd_sync(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
     return 0
 
 
-def _sizes(spec: str, count: int, seed: int) -> builtins.list[int]:
-    """``N`` (every object N bytes) or ``MIN-MAX`` (uniform in [MIN, MAX], seeded); sizes take
-    units (``64KiB-1MiB``)."""
-    import numpy as np
-
+def _size_spec(spec: str) -> Any:
+    """``--size``: ``N`` (every sample N bytes), ``MIN-MAX`` (uniform in [MIN, MAX], seeded),
+    ``normal:MEAN,STD`` (normal, clipped to >= 1) or ``A,B,C`` (cycled); sizes take units
+    (``64KiB-1MiB``, ``normal:1MiB,256KiB``). The size spec of :func:`s3dlio.gen.generate`."""
+    if spec.startswith("normal:"):
+        mean, comma, std = spec[len("normal:") :].partition(",")
+        if not comma:
+            raise exc.InvalidConfigError(f"--size normal:MEAN,STD needs both, got {spec!r}")
+        return {"dist": "normal", "mean": _parse_size(mean, "--size"), "std": _parse_size(std, "--size")}
+    if "," in spec:
+        return [_parse_size(s, "--size") for s in spec.split(",")]
     lo_s, dash, hi_s = spec.partition("-")
     lo = _parse_size(lo_s, "--size")
     if not dash:
-        return [lo] * count
+        return lo
     hi = _parse_size(hi_s, "--size")
     if lo > hi:
         raise exc.InvalidConfigError(f"--size MIN-MAX needs MIN <= MAX, got {spec!r}")
-    return [int(x) for x in np.random.default_rng([seed, 1]).integers(lo, hi + 1, count)]
+    return (lo, hi)
 
 
 def cmd_gen(a: argparse.Namespace, cfg: Any, out: _Out) -> int:
-    """A synthetic dataset: ``count`` objects ``<prefix>/<index>.bin`` of seeded random bytes (the
-    same seed writes the same bytes), written concurrently in batches."""
-    import numpy as np
+    """A synthetic dataset (:func:`s3dlio.gen.generate`): ``--count`` samples in ``--format``
+    (default raw: ``<prefix>/<index>.bin`` objects of seeded random bytes), written concurrently;
+    the same seed writes the same bytes."""
+    from . import gen
 
-    import s3dlio
-
-    if a.count < 0:
-        raise exc.InvalidConfigError(f"--count must be >= 0, got {a.count}")
-    prefix = _uri(a.prefix).rstrip("/") + "/"
-    sizes = _sizes(a.size, a.count, a.seed)
-    width = max(5, len(str(max(a.count - 1, 0))))
-    batch = 256
-    with _Progress(out, "gen", "write", sum(sizes), a.count):
-        for start in range(0, a.count, batch):
-            items: builtins.list[tuple[str, bytes]] = []
-            for i in range(start, min(start + batch, a.count)):
-                data = np.random.default_rng([a.seed, 0, i]).bytes(sizes[i])
-                items.append((f"{prefix}{i:0{width}d}.bin", data))
-            s3dlio.put_many(items, max_concurrency=a.jobs, config=cfg)
-    written = sum(sizes)
+    r = gen.generate(
+        _uri(a.prefix),
+        count=a.count,
+        size=_size_spec(a.size),
+        format=a.format,
+        seed=a.seed,
+        samples_per_shard=a.samples_per_shard,
+        dedup_factor=a.dedup,
+        compress_factor=a.compress,
+        layout=a.layout,
+        config=cfg,
+        max_concurrency=a.jobs or 64,
+        progress=out.progress,
+    )
+    objects = len(r.files) + len(r.indexes)
     out.record(
-        {"prefix": prefix, "objects": a.count, "bytes": written},
-        f"wrote {a.count} objects, {written} bytes under {prefix}",
+        {
+            "prefix": r.prefix,
+            "format": r.format,
+            "objects": objects,
+            "samples": r.samples,
+            "bytes": r.bytes,
+            "files": r.files,
+            "indexes": r.indexes,
+        },
+        f"wrote {r.samples} {r.format} samples in {objects} objects, {r.bytes} bytes under {r.prefix}",
     )
     return 0
 
@@ -644,7 +658,12 @@ _EXAMPLES = {
         "tar c dir | s3dlio cp - s3://bucket/dir.tar",
     ],
     "sync": ["s3dlio sync ./dataset s3://bucket/dataset --delete --dry-run"],
-    "gen": ["s3dlio gen s3://bucket/synthetic --count 10000 --size 65536-262144 --seed 1"],
+    "gen": [
+        "s3dlio gen s3://bucket/synthetic --count 10000 --size 65536-262144 --seed 1",
+        "s3dlio gen s3://bucket/imagenet --format wds --count 100000 --size normal:110KiB,30KiB --layout dlio",
+        "s3dlio gen s3://bucket/unet3d --format npz --count 168 --size 140MiB --layout dlio -j 16",
+        "s3dlio gen s3://bucket/dedup --count 1000 --size 1MiB --dedup 3 --compress 2",
+    ],
     "bench": [
         "s3dlio bench s3://bucket/scratch --size 16MiB --count 64 -j 32",
         "s3dlio bench s3://bucket/dataset/ --shuffle --duration 30 --json",
@@ -658,6 +677,7 @@ _EXAMPLES = {
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .gen import FORMATS as gen_formats
 
     p = argparse.ArgumentParser(
         prog="s3dlio",
@@ -716,14 +736,29 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--delete", action="store_true", help="also delete what DST has and SRC has not")
     sp.add_argument("--dry-run", action="store_true", help="print what would be copied and deleted")
     sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="objects copied at once")
-    sp = add("gen", cmd_gen, "write a synthetic dataset of seeded random objects")
+    sp = add("gen", cmd_gen, "write a synthetic dataset (raw, npy, npz, tfrecord, wds, hdf5, jpeg, png)")
     sp.add_argument("prefix")
-    sp.add_argument("--count", type=int, required=True, help="objects to write")
+    sp.add_argument("--format", default="raw", choices=gen_formats, help="file format (default raw)")
+    sp.add_argument("--count", type=int, required=True, help="samples to write")
     sp.add_argument(
-        "--size", default="65536", help="bytes per object (65536, 64KiB, 1MiB), or MIN-MAX (uniform, seeded)"
+        "--size",
+        default="65536",
+        help="data bytes per sample: N (65536, 64KiB, 1MiB), MIN-MAX (uniform), normal:MEAN,STD, "
+        "or A,B,C (cycled); seeded",
     )
+    sp.add_argument("--samples-per-shard", type=int, help="tfrecord, wds, hdf5 (default: shards of ~64 MiB)")
     sp.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
-    sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="requests in flight")
+    sp.add_argument(
+        "--dedup", type=int, default=1, metavar="N", help="1/N of each sample's 4 KiB blocks unique"
+    )
+    sp.add_argument("--compress", type=float, default=1, metavar="M", help="data compresses about M:1")
+    sp.add_argument(
+        "--layout",
+        default="flat",
+        choices=("flat", "dlio"),
+        help="flat: PREFIX/00000.bin, PREFIX/shard-000000.tar (default); dlio: PREFIX/train/img_0_of_N.npz",
+    )
+    sp.add_argument("-j", "--concurrency", dest="jobs", type=int, help="requests in flight (default 64)")
     sp = add(
         "bench", cmd_bench, "measure GET (and PUT) throughput, TTFB and latency on a training read pattern"
     )
