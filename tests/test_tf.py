@@ -588,3 +588,57 @@ def test_ctrl_c_during_model_fit(bucket: str, proxy: FaultProxy) -> None:
     assert 1 <= batches < 50 * n // 4, report
     assert float(report["latency"]) < 0.5, report
     assert report["LIVE"].split()[0] == "0", report
+
+
+def test_generated_tfrecords_and_encode_example_match_tensorflow(tmp_path: Any) -> None:
+    """s3dlio.gen's tfrecord shards read with tf.data.TFRecordDataset + tf.io.parse_single_example
+    give the data and labels generation says, and each record is what decode_example reads; and
+    encode_example's bytes parse with tf.train.Example.FromString into what TensorFlow's own
+    serialization of the same features parses into."""
+    import s3dlio.gen as gen
+    from s3dlio.formats.example import decode_example, encode_example
+
+    r = gen.generate(
+        f"file://{tmp_path}/tf", count=11, size=(1, 5000), format="tfrecord", samples_per_shard=4, seed=8
+    )
+    sizes, labels = gen.sample_sizes((1, 5000), 11, seed=8), gen.sample_labels(11, seed=8)
+    spec = {"data": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    paths = [u[len("file://") :] for u in r.files]
+    raw = [bytes(x.numpy()) for x in tf.data.TFRecordDataset(paths)]
+    assert len(raw) == 11
+    for i, rec in enumerate(raw):
+        parsed = tf.io.parse_single_example(rec, spec)
+        data = gen.sample_data(i, int(sizes[i]), seed=8)
+        assert parsed["data"].numpy() == data and int(parsed["label"].numpy()) == labels[i]
+        ours = decode_example(rec)
+        assert ours["data"] == [data] and ours["label"].tolist() == [labels[i]]  # type: ignore[union-attr]
+
+    features: dict[str, Any] = {
+        "data": b"\x00\xffbytes",
+        "label": 7,
+        "neg": [-1, 2**40, 0],
+        "floats": [0.5, -1.25, 3.0],
+        "names": [b"a", b"", b"ccc"],
+        "arr": np.arange(5, dtype=np.int32),
+        "empty_f": np.zeros(0, dtype=np.float32),
+    }
+    ours_bytes = encode_example(features)
+    theirs = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x00\xffbytes"])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[7])),
+                "neg": tf.train.Feature(int64_list=tf.train.Int64List(value=[-1, 2**40, 0])),
+                "floats": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5, -1.25, 3.0])),
+                "names": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a", b"", b"ccc"])),
+                "arr": tf.train.Feature(int64_list=tf.train.Int64List(value=[0, 1, 2, 3, 4])),
+                "empty_f": tf.train.Feature(float_list=tf.train.FloatList(value=[])),
+            }
+        )
+    )
+    assert tf.train.Example.FromString(ours_bytes) == theirs  # parsed values (map order aside)
+    # Feature by feature the bytes are TensorFlow's own (one feature: no map-order question).
+    for name in features:
+        one = tf.train.Example(features=tf.train.Features(feature={name: theirs.features.feature[name]}))
+        assert encode_example({name: features[name]}) == one.SerializeToString(deterministic=True), name
+    assert decode_example(theirs.SerializeToString())["neg"].tolist() == [-1, 2**40, 0]  # type: ignore[union-attr]
