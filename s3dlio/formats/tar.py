@@ -6,7 +6,8 @@ Python's ``tarfile``:
 
 - ustar headers, with the ustar ``prefix`` field prepended to the name (as ``tarfile`` does, for
   every type but GNU's ``L``/``K``/``S``); GNU long names (``L``); pax extended headers (``x``),
-  whose ``path`` and ``size`` override the next member's; global pax headers (``g``) are skipped.
+  whose ``path`` (trailing slashes stripped, as ``tarfile`` does) and ``size`` override
+  the next member's; global pax headers (``g``) are skipped.
   Names are UTF-8 (undecodable bytes kept with ``surrogateescape``, as ``tarfile`` does on Linux).
 - only regular members (types ``0``, NUL, ``7``) are samples' files; directories (and the old V7
   "regular file whose name ends in /"), links, devices and FIFOs are skipped.
@@ -167,7 +168,7 @@ def _members(data: Any, uri: str) -> Iterator[tuple[str, int, int]]:
             if long_name is not None:
                 name = long_name
             if "path" in pax:
-                name = pax["path"]
+                name = pax["path"].rstrip("/")  # as tarfile applies it
             long_name = None
             pax = {}
             if typ in _REGULAR and not (typ == b"\0" and name.endswith("/")):
