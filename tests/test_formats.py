@@ -187,6 +187,10 @@ def test_wds_decode_rejects_a_buffer_of_the_wrong_size(tmp_path: Path) -> None:
     index = index_wds(data, "s3://b/w.tar")
     with pytest.raises(CorruptShardError, match=r"sample 0 .*99 bytes.* 100"):
         decode_wds(slice_sample(data, index, 0)[:99], index, 0, uri="s3://b/w.tar")
+    with pytest.raises(IndexError, match="sample 1 out of range"):
+        decode_wds(slice_sample(data, index, 0), index, 1)
+    with pytest.raises(InvalidConfigError, match="needs a 'wds' index"):
+        decode_wds(b"", ShardIndex("tfrecord", np.zeros(1), np.zeros(1)), 0)
 
 
 def make_tar(members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> bytes:
@@ -249,6 +253,13 @@ def test_wds_empty_and_pax_size_override() -> None:
     body = os.urandom(300)
     data = pax + header(b"k.bin", 0, b"0") + body.ljust(512, b"\0") + bytes(1024)
     assert [bytes(s["bin"]) for s in iter_wds(data, "pax.tar")] == [body]
+    # A GNU base-256 size field (tarfile writes those for members of 8 GiB and more).
+    gnu = bytearray(header(b"g.bin", 0, b"0"))
+    gnu[124:136] = b"\x80" + (5).to_bytes(11, "big")
+    gnu[148:156] = b" " * 8
+    gnu[148:156] = b"%06o\0 " % sum(gnu)
+    gnu_tar = bytes(gnu) + b"hello".ljust(512, b"\0") + bytes(1024)
+    assert [bytes(s["bin"]) for s in iter_wds(gnu_tar, "gnu.tar")] == [b"hello"]
     with tarfile.open(fileobj=io.BytesIO(data)) as ref:
         assert ref.getmembers()[0].size == 300  # tarfile reads the same
 
@@ -299,6 +310,8 @@ def test_shard_index_round_trips_and_rejects_garbage() -> None:
     for name in ("starts", "lengths", "member_ptr", "member_ext", "member_off", "member_size"):
         assert np.array_equal(getattr(again, name), getattr(index, name)), name
     assert again.member_ext is not None and again.member_ext.dtype == np.int32
+    unpickled = pickle.loads(pickle.dumps(index))  # crosses spawn workers
+    assert unpickled.keys == index.keys and np.array_equal(unpickled.member_off, index.member_off)
     tf = ShardIndex("tfrecord", np.array([0, 30]), np.array([30, 40]))
     tf2 = ShardIndex.from_bytes(memoryview(tf.to_bytes()))
     assert tf2.format == "tfrecord" and tf2.keys is None and tf2.member_ptr is None

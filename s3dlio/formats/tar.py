@@ -248,6 +248,8 @@ def decode_wds(buf: Any, index: ShardIndex, i: int, uri: str | None = None) -> d
     if index.format != "wds" or index.keys is None:
         raise InvalidConfigError(f"{uri}: decode_wds needs a 'wds' index, got {index!r}", uri=uri)
     ptr, ext, off, size, exts = index.members()
+    if not 0 <= i < len(index):
+        raise IndexError(f"{uri}: sample {i} out of range for a shard of {len(index)} samples")
     mv = memoryview(buf).cast("B")
     want = int(index.lengths[i])
     if len(mv) != want:
