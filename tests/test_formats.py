@@ -27,6 +27,7 @@ from s3dlio.formats.hdf5 import decode_row, row_layout
 from s3dlio.formats.index import ShardIndex
 from s3dlio.formats.npy import (
     ZIP_TAIL_BYTES,
+    ZipMember,
     ZipTailTooShort,
     decode_npy,
     decode_npz,
@@ -541,6 +542,8 @@ def test_npy_refuses_pickles_and_garbage() -> None:
     assert e.value.uri == "s3://b/x.npy"
     with pytest.raises(CorruptShardError, match="truncated NPY data"):
         decode_npy(npy_bytes(np.arange(100))[:-1])
+    with pytest.raises(CorruptShardError, match="NPY header of 4194304 bytes"):
+        decode_npy(b"\x93NUMPY\x02\x00" + (1 << 22).to_bytes(4, "little") + bytes(100))
     with pytest.raises(CorruptShardError, match="bad NPY header"):
         decode_npy(b"\x93NUMPY\x01\x00\x06\x00{'a':}")
 
@@ -583,6 +586,17 @@ def test_npz_zip64_comment_and_prepended_bytes() -> None:
             assert sorted(ref.namelist()) == sorted(k + ".npy" for k in got)
 
 
+def read_directory(z: bytes, offset: int) -> tuple[list[ZipMember], list[int]]:
+    """zip_members in the module docstring's loop: the members and each offset tried."""
+    offsets = [offset]
+    while True:
+        try:
+            return zip_members(z[offset:], len(z)), offsets
+        except ZipTailTooShort as e:
+            offset = e.offset
+            offsets.append(offset)
+
+
 def test_npz_members_from_the_tail_for_ranged_reads() -> None:
     """zip_members reads the central directory from the last bytes; too few raises
     ZipTailTooShort with the offset to fetch from; member_array decodes one member's range."""
@@ -603,11 +617,15 @@ def test_npz_members_from_the_tail_for_ranged_reads() -> None:
     region = memoryview(data)[m.header_offset : m.end]
     arr = member_array(region, m, "big.npz")
     assert np.array_equal(arr, np.full(1000, 17, dtype=np.int32)) and shares(arr, data)
-    # zip64 archives: the zip64 record sits before the EOCD; a tail of only the EOCD asks for it.
-    z = zip64_npz()
-    with pytest.raises(ZipTailTooShort) as e64:
-        zip_members(z[-22:], len(z))
-    assert [m.name for m in zip_members(z[e64.value.offset :], len(z))] == ["x.npy", "y.npy"]
+    # The documented loop: zip64 (record and locator before the EOCD), a comment, tiny tails.
+    for z in (zip64_npz(), zip64_npz(comment=b"c" * 5000), data):
+        for first in (10, 22, 30, 200):
+            got, offsets = read_directory(z, len(z) - first)
+            assert [m.name for m in got] == zipfile.ZipFile(io.BytesIO(z)).namelist()
+            assert offsets == sorted(set(offsets), reverse=True)  # each round fetches further back
+            assert len(offsets) <= 4
+    with pytest.raises(CorruptShardError, match="not a zip"):
+        zip_members(bytes(100), 100)
 
 
 def test_npz_corruption_is_detected() -> None:

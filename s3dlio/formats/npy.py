@@ -13,11 +13,13 @@ For ranged reads of a large ``.npz`` on object storage, :func:`zip_members` pars
 directory from the last bytes of the file only, and :func:`member_array` decodes one member from
 just its byte range::
 
-    tail = get_range(uri, max(0, size - ZIP_TAIL_BYTES), size)
-    try:
-        members = zip_members(tail, size, uri)
-    except ZipTailTooShort as e:           # a central directory larger than the tail
-        members = zip_members(get_range(uri, e.offset, size), size, uri)
+    offset = max(0, size - ZIP_TAIL_BYTES)
+    while True:                            # at most three rounds; offset only decreases
+        try:
+            members = zip_members(get_range(uri, offset, size), size, uri)
+            break
+        except ZipTailTooShort as e:       # a directory (or zip64 record) before the tail
+            offset = e.offset
     m = next(m for m in members if m.name == "x.npy")
     x = member_array(get_range(uri, m.header_offset, m.end), m, uri)
 """
@@ -25,6 +27,7 @@ just its byte range::
 from __future__ import annotations
 
 import ast
+import bisect
 import struct
 import zlib
 from dataclasses import dataclass
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 _NPY_MAGIC = b"\x93NUMPY"
+# numpy.load refuses headers over 10,000 bytes (literal_eval of untrusted text); allow large
+# structured dtypes, still bounded.
+_MAX_HEADER = 1 << 20
 
 _EOCD = struct.Struct("<IHHHHIIH")  # 22 bytes
 _EOCD_SIG = 0x06054B50
@@ -109,6 +115,8 @@ def decode_npy(buf: Any, uri: str | None = None) -> npt.NDArray[Any]:
     else:
         raise CorruptShardError(f"{where}: unsupported NPY version {major}.{mv[7]}", uri=uri)
     offset = start + hlen
+    if hlen > _MAX_HEADER:
+        raise CorruptShardError(f"{where}: NPY header of {hlen} bytes (more than {_MAX_HEADER})", uri=uri)
     if offset > len(mv):
         raise CorruptShardError(f"{where}: truncated NPY header", uri=uri)
     try:
@@ -159,15 +167,17 @@ class ZipMember:
     end: int = 0
 
 
-def _find_eocd(mv: memoryview, where: str, uri: str | None) -> int:
-    """Position in ``mv`` of the end-of-central-directory record (searching back over a comment)."""
+def _find_eocd(mv: memoryview) -> int:
+    """Position in ``mv`` of the end-of-central-directory record (searching back over a comment),
+    or -1."""
+    # COPY: at most ZIP_TAIL_BYTES, to search with bytes.rfind.
     data = mv.tobytes() if len(mv) <= ZIP_TAIL_BYTES else mv[len(mv) - ZIP_TAIL_BYTES :].tobytes()
     base = len(mv) - len(data)
     pos = len(data)
     while True:
         pos = data.rfind(b"PK\x05\x06", 0, pos)
         if pos < 0:
-            raise CorruptShardError(f"{where}: not a zip (no end-of-central-directory record)", uri=uri)
+            return -1
         if pos + _EOCD.size <= len(data):
             (comment_len,) = struct.unpack_from("<H", data, pos + 20)
             if pos + _EOCD.size + comment_len == len(data):
@@ -177,7 +187,26 @@ def _find_eocd(mv: memoryview, where: str, uri: str | None) -> int:
 def _directory(mv: memoryview, base: int, size: int, uri: str | None) -> list[ZipMember]:
     """Members of the zip whose bytes ``[base, size)`` are ``mv``."""
     where = _where(uri)
-    e = _find_eocd(mv, where, uri)
+    e = _find_eocd(mv)
+    if e < 0:
+        if base > 0 and len(mv) < ZIP_TAIL_BYTES:
+            offset = max(0, size - ZIP_TAIL_BYTES)
+            raise ZipTailTooShort(
+                f"{where}: no end-of-central-directory record in the last {len(mv)} bytes; "
+                f"fetch from byte {offset}",
+                uri=uri,
+                offset=offset,
+            )
+        raise CorruptShardError(f"{where}: not a zip (no end-of-central-directory record)", uri=uri)
+    if e < _LOC64.size and base > 0:
+        # A zip64 locator would sit just before the record, outside the bytes given.
+        offset = max(0, base + e - _LOC64.size)
+        raise ZipTailTooShort(
+            f"{where}: the bytes given start too close to the end-of-central-directory record; "
+            f"fetch from byte {offset}",
+            uri=uri,
+            offset=offset,
+        )
     _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = _EOCD.unpack_from(mv, e)
     cd_end_abs = base + e  # where the central directory (or the zip64 record) ends
     if e >= _LOC64.size:
@@ -246,7 +275,7 @@ def _directory(mv: memoryview, base: int, size: int, uri: str | None) -> list[Zi
     bounds = sorted({m.header_offset for m in members} | {cd_abs})
     out: list[ZipMember] = []
     for m in members:
-        nxt = bounds[bounds.index(m.header_offset) + 1]
+        nxt = bounds[min(bisect.bisect_right(bounds, m.header_offset), len(bounds) - 1)]
         out.append(
             ZipMember(m.name, m.header_offset, m.compressed_size, m.size, m.method, m.crc32, m.flags, nxt)
         )
@@ -257,8 +286,9 @@ def zip_members(tail: Any, size: int, uri: str | None = None) -> list[ZipMember]
     """The central directory of a ``size``-byte zip, parsed from ``tail``, its last bytes (fetch
     ``min(size, ZIP_TAIL_BYTES)`` or more). Zip64 archives are read through their locator and
     zip64 extra fields. When the central directory (or the zip64 record) starts before ``tail``,
-    raises :class:`ZipTailTooShort` whose ``offset`` says where to fetch from; a damaged directory
-    raises :class:`~s3dlio.exceptions.CorruptShardError`."""
+    raises :class:`ZipTailTooShort` whose ``offset`` (always before the bytes given) says where
+    to fetch from, as it does for a tail too short to hold the end record and zip64 locator; a
+    damaged directory raises :class:`~s3dlio.exceptions.CorruptShardError`."""
     mv = memoryview(tail).cast("B")
     if len(mv) > size:
         raise InvalidConfigError(f"{_where(uri)}: {len(mv)} tail bytes for a {size}-byte file", uri=uri)
