@@ -674,6 +674,7 @@ class _EpochIterator(Generic[T]):
         pool = dict(loader.pool.to_dict(), readahead_batches=max(1, readahead - self._window))
         loader._epoch_started()  # before the stream starts fetching
         ranged: _core.SampleSource | None = getattr(ds, "_sample_source", lambda: None)()
+        self._parts = ranged.parts if ranged is not None else 1
         self._stream = _core.BatchStream(
             [] if ranged else ds.uris, [order[p] for p in remaining], o.to_dict(), pool,
             loader.range_engine.to_dict(), None if ranged else ds.sizes, _native(ds.config),
@@ -686,19 +687,26 @@ class _EpochIterator(Generic[T]):
     def __iter__(self) -> _EpochIterator[T]:
         return self
 
-    def _process(self, indices: list[int], bufs: list[_core.Buffer]) -> Any:
+    def _process(self, indices: list[int], bufs: list[Any]) -> Any:
         ds = self.loader.dataset
         batch = self.loader.collate_fn([ds._sample_at(i, b) for i, b in zip(indices, bufs, strict=True)])
         if self.loader.options.pin_memory:
             batch = _pin(batch)
         return batch
 
-    def _pull(self) -> tuple[list[int], list[int], list[_core.Buffer]] | None:
+    def _pull(self) -> tuple[list[int], list[int], list[Any]] | None:
         try:
             positions, indices, bufs = next(self._stream)
         except StopIteration:
             self._exhausted = True
             return None
+        if self._parts > 1:  # samples of several ranges (HDF5 rows): one tuple of buffers each
+            k = self._parts
+            return (
+                [self._positions[p] for p in positions],
+                indices,
+                [tuple(bufs[i : i + k]) for i in range(0, len(bufs), k)],
+            )
         return [self._positions[p] for p in positions], indices, bufs
 
     def __next__(self) -> T:

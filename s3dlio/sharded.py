@@ -357,6 +357,7 @@ class _Indexer:
             raise InvalidConfigError("index_concurrency must be at least 1")
         self.format, self.config, self.sidecar, self.concurrency = format, config, sidecar, concurrency
         self.listing = listing
+        self._dlio: dict[str, set[str]] = {}  # DLIO index folders listed so far
         self.cache: Path | None = (
             None if cache is False else _default_cache_dir() if cache is True else Path(os.fspath(cache))
         )
@@ -411,11 +412,27 @@ class _Indexer:
             put(s.uri + _SIDECAR, self._sidecar_key(s) + ix.to_bytes(), config=self.config)
 
     def _tfrecord_index_file(self, s: _Shard) -> str | None:
+        """An index another tool wrote: next to the shard (the tfrecord package's ``x.index`` or
+        ``x.tfrecord.index``, DALI's ``x.idx``), or where DLIO (and ``s3dlio.gen``'s DLIO layout)
+        puts it: ``<root>/index/<split>/<shard name>.idx`` for ``<root>/<split>/<shard name>``."""
         stem = s.uri.rsplit(".", 1)[0]
         for cand in (s.uri + ".index", stem + ".index", s.uri + ".idx", stem + ".idx"):
             if cand in self.listing:
                 return cand
-        return None
+        parent, name = s.uri.rsplit("/", 1)
+        root, split = parent.rsplit("/", 1) if parent.count("/") > 2 else ("", "")
+        if not root:
+            return None
+        folder = f"{root}/index/{split}/"
+        if folder not in self._dlio:
+            from . import list as list_objects
+
+            try:
+                self._dlio[folder] = {o.uri for o in list_objects(folder, config=self.config)}
+            except NotFoundError:
+                self._dlio[folder] = set()
+        cand = f"{folder}{name}.idx"
+        return cand if cand in self._dlio[folder] else None
 
     def run(self, shards: Sequence[_Shard]) -> list[ShardIndex]:
         out: list[ShardIndex | None] = [None] * len(shards)

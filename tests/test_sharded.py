@@ -355,3 +355,39 @@ def test_local_cache_dir_from_environment(
     monkeypatch.setenv("S3DLIO_CACHE_DIR", str(tmp_path / "envcache"))
     ShardedDataset.from_prefix(wds_prefix, format="wds")
     assert len(os.listdir(tmp_path / "envcache" / "index")) == SHARDS
+
+
+# -------------------------------------------------------------------------------------------------
+# What s3dlio.gen writes (DLIO layout), read back
+# -------------------------------------------------------------------------------------------------
+
+
+def test_generated_dlio_tfrecord_uses_dlios_index_folder(bucket: str) -> None:
+    """s3dlio.gen's DLIO layout puts TFRecord indexes in <root>/index/train/<shard>.idx, where
+    DLIO does: ShardedDataset finds them there (the shards are not read to index them), and each
+    record is the Example gen wrote."""
+    from s3dlio import gen
+
+    root = f"s3://{bucket}/dlio"
+    gen.generate(root, count=40, size=300, format="tfrecord", samples_per_shard=16, seed=4)
+    before = s3dlio.stats()["ops"]["get"]["bytes"]
+    ds = ShardedDataset.from_prefix(f"{root}/train", format="tfrecord", index_cache=False, decode=True)
+    assert s3dlio.stats()["ops"]["get"]["bytes"] - before < 4000  # three small .idx files
+    assert len(ds) == 40 and len(ds.shards) == 3
+    labels = gen.sample_labels(40, seed=4)
+    dl = s3dlio.DataLoader(ds, batch_size=8, shuffle=True, collate_fn=as_list)
+    got = sorted(int(e["label"][0]) for b in dl for e in b)
+    assert got == sorted(int(x) for x in labels)
+    assert int(ds[17]["label"][0]) == int(labels[17]) and len(bytes(ds[17]["data"][0])) == 300
+
+
+def test_generated_wds_shards(bucket: str) -> None:
+    from s3dlio import gen
+
+    root = f"s3://{bucket}/gwds"
+    gen.generate(root, count=30, size=(100, 400), format="wds", samples_per_shard=7, layout="flat", seed=2)
+    ds = ShardedDataset.from_prefix(root, format="wds", index_cache=False, decode=True)
+    assert len(ds) == 30 and len(ds.shards) == 5
+    sizes = gen.sample_sizes((100, 400), 30, seed=2)
+    assert [len(ds[i]["bin"]) for i in range(30)] == [int(s) for s in sizes]
+    assert [ds[i]["cls"] for i in range(30)] == [int(x) for x in gen.sample_labels(30, seed=2)]

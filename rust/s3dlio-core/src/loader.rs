@@ -64,13 +64,15 @@ where
 ///
 /// With [`Source::with_items`], the loader's samples are byte ranges of those objects (the samples
 /// of indexed shards: tar members, TFRecord records, HDF5 rows) instead of whole objects: dataset
-/// index `i` is `items[i]`, and the ranges of one batch that lie in one object within
+/// index `i` is `items[i]` (or, with `parts` ranges per sample, `items[i * parts..][..parts]`: an
+/// HDF5 row of several datasets), and the ranges of one batch that lie in one object within
 /// [`Coalesce::max_gap`] of each other are fetched by one ranged GET.
 #[derive(Debug, Default)]
 pub struct Source {
     pub uris: Vec<String>,
     pub sizes: Vec<Option<u64>>,
     pub items: Option<Vec<Item>>,
+    pub parts: usize,
     pub coalesce: Coalesce,
 }
 
@@ -119,12 +121,19 @@ impl Source {
         for u in &uris {
             Location::parse_object(u)?;
         }
-        Ok(Source { uris, sizes, items: None, coalesce: Coalesce::default() })
+        Ok(Source { uris, sizes, items: None, parts: 1, coalesce: Coalesce::default() })
     }
 
-    /// Samples that are byte ranges of the objects. Every item must name an object of the source,
-    /// be at least one byte long, and end within the object where its size is known.
-    pub fn with_items(mut self, items: Vec<Item>, coalesce: Coalesce) -> Result<Source> {
+    /// Samples that are byte ranges of the objects, `parts` consecutive items per sample. Every
+    /// item must name an object of the source, be at least one byte long, and end within the
+    /// object where its size is known.
+    pub fn with_items(mut self, items: Vec<Item>, parts: usize, coalesce: Coalesce) -> Result<Source> {
+        if parts == 0 || !items.len().is_multiple_of(parts) {
+            return Err(Error::invalid_config(format!(
+                "{} ranges do not make samples of {parts} ranges each",
+                items.len()
+            )));
+        }
         for (i, it) in items.iter().enumerate() {
             let Some(uri) = self.uris.get(it.obj as usize) else {
                 return Err(Error::invalid_config(format!(
@@ -151,13 +160,14 @@ impl Source {
             return Err(Error::invalid_config("max_range must be at least 1 byte"));
         }
         self.items = Some(items);
+        self.parts = parts;
         self.coalesce = coalesce;
         Ok(self)
     }
 
     /// Samples: the items when there are any, else the objects.
     pub fn len(&self) -> usize {
-        self.items.as_ref().map_or(self.uris.len(), Vec::len)
+        self.items.as_ref().map_or(self.uris.len(), |i| i.len() / self.parts)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -165,8 +175,8 @@ impl Source {
     }
 }
 
-/// One request of a ranged loader: a range of one object and the samples (position in the
-/// epoch, dataset index, offset in the range, length) it serves.
+/// One request of a ranged loader: a range of one object and the ranges (position in the epoch,
+/// item number, offset in the range, length) it serves.
 #[derive(Debug)]
 struct Group {
     obj: u32,
@@ -175,8 +185,29 @@ struct Group {
     members: Vec<(usize, u64, u64, u64)>,
 }
 
-/// The requests for one batch of ranged samples: per object, ranges sorted by start and merged
-/// under `c`. Every sample of the batch is in exactly one group.
+/// Joins the ranges of samples of `parts` ranges (arriving in any order) into samples: `(position,
+/// sample index, its ranges in order)`, the first error of any range failing the sample.
+#[allow(clippy::type_complexity)]
+fn samples_of(
+    parts: usize,
+) -> impl FnMut((usize, u64, Result<Bytes>)) -> std::future::Ready<Option<(usize, u64, Result<Vec<Bytes>>)>> {
+    let mut pending: std::collections::HashMap<usize, Vec<Option<Result<Bytes>>>> = Default::default();
+    move |(pos, item, r)| {
+        if parts == 1 {
+            return std::future::ready(Some((pos, item, r.map(|b| vec![b]))));
+        }
+        let slots = pending.entry(pos).or_insert_with(|| vec![None; parts]);
+        slots[(item % parts as u64) as usize] = Some(r);
+        if slots.iter().any(Option::is_none) {
+            return std::future::ready(None);
+        }
+        let joined = pending.remove(&pos).unwrap_or_default().into_iter().flatten().collect();
+        std::future::ready(Some((pos, item / parts as u64, joined)))
+    }
+}
+
+/// The requests for one batch of ranges (`(position, item number)`): per object, ranges sorted
+/// by start and merged under `c`. Every range of the batch is in exactly one group.
 fn plan_groups(batch: &[(usize, u64)], items: &[Item], c: Coalesce) -> Vec<Group> {
     let mut sorted: Vec<(Item, usize, u64)> =
         batch.iter().map(|&(pos, idx)| (items[idx as usize], pos, idx)).collect();
@@ -211,7 +242,8 @@ fn plan_groups(batch: &[(usize, u64)], items: &[Item], c: Coalesce) -> Vec<Group
 }
 
 /// One batch: for each sample, its position in the epoch order the loader was given, its dataset
-/// index, and its bytes. In order, positions are consecutive; in completion order they are not.
+/// index, and its bytes (`parts` buffers per sample, consecutive, for a source of samples of
+/// several ranges). In order, positions are consecutive; in completion order they are not.
 #[derive(Debug)]
 pub struct Batch {
     pub positions: Vec<usize>,
@@ -382,36 +414,45 @@ impl BatchLoader {
             let order = futures::stream::iter(order.into_iter().enumerate())
                 .take_until(stop.clone().cancelled_owned());
             let req_scope = Arc::clone(&scope);
-            let items: BoxStream<'static, (usize, u64, Result<Bytes>)> = if fetcher.source.items.is_some() {
-                // Ranged samples: each batch's ranges become merged requests, whose samples are
-                // handed on in batch order (a batch's requests are consecutive in the stream).
-                let plan = Arc::clone(&fetcher);
-                let groups = order.chunks(batch_size).flat_map(move |batch| {
-                    let items = plan.source.items.as_deref().unwrap_or_default();
-                    futures::stream::iter(plan_groups(&batch, items, plan.source.coalesce))
-                });
-                let requests = groups.map(move |g| {
-                    let f = Arc::clone(&fetcher);
-                    Scope::run(&req_scope, async move { f.fetch_group(g).await })
-                });
-                let done = if in_order {
-                    requests.buffered(pool_size).boxed()
+            let items: BoxStream<'static, (usize, u64, Result<Vec<Bytes>>)> =
+                if fetcher.source.items.is_some() {
+                    // Ranged samples: each batch's ranges become merged requests, whose ranges are
+                    // handed on in batch order (a batch's requests are consecutive in the stream),
+                    // and a sample of several ranges once all of them are in.
+                    let plan = Arc::clone(&fetcher);
+                    let parts = fetcher.source.parts.max(1);
+                    let groups = order.chunks(batch_size).flat_map(move |batch| {
+                        let items = plan.source.items.as_deref().unwrap_or_default();
+                        let k = parts as u64;
+                        let ranges: Vec<(usize, u64)> = batch
+                            .iter()
+                            .flat_map(|&(pos, idx)| (0..k).map(move |j| (pos, idx * k + j)))
+                            .collect();
+                        futures::stream::iter(plan_groups(&ranges, items, plan.source.coalesce))
+                    });
+                    let requests = groups.map(move |g| {
+                        let f = Arc::clone(&fetcher);
+                        Scope::run(&req_scope, async move { f.fetch_group(g).await })
+                    });
+                    let done = if in_order {
+                        requests.buffered(pool_size).boxed()
+                    } else {
+                        requests.buffer_unordered(pool_size).boxed()
+                    };
+                    done.flat_map(futures::stream::iter).filter_map(samples_of(parts)).boxed()
                 } else {
-                    requests.buffer_unordered(pool_size).boxed()
+                    let requests = order.map(move |(pos, idx)| {
+                        let f = Arc::clone(&fetcher);
+                        let fetch =
+                            Scope::run(&req_scope, async move { f.fetch(idx).await.map(|b| vec![b]) });
+                        async move { (pos, idx, fetch.await) }
+                    });
+                    if in_order {
+                        requests.buffered(pool_size).boxed()
+                    } else {
+                        requests.buffer_unordered(pool_size).boxed()
+                    }
                 };
-                done.flat_map(futures::stream::iter).boxed()
-            } else {
-                let requests = order.map(move |(pos, idx)| {
-                    let f = Arc::clone(&fetcher);
-                    let fetch = Scope::run(&req_scope, async move { f.fetch(idx).await });
-                    async move { (pos, idx, fetch.await) }
-                });
-                if in_order {
-                    requests.buffered(pool_size).boxed()
-                } else {
-                    requests.buffer_unordered(pool_size).boxed()
-                }
-            };
             let mut batches = items.chunks(batch_size);
             while let Some(mut chunk) = batches.next().await {
                 if in_order {
@@ -426,7 +467,7 @@ impl BatchLoader {
                     positions.push(pos);
                     indices.push(idx);
                     match r {
-                        Ok(b) => data.push(b),
+                        Ok(b) => data.extend(b),
                         Err(e) => {
                             error.get_or_insert(e);
                         }
@@ -597,14 +638,17 @@ mod tests {
     fn items_are_checked_against_the_objects() {
         let src =
             || Source::new(vec!["s3://b/a".into(), "s3://b/c".into()], Some(vec![Some(100), None])).unwrap();
-        assert!(src().with_items(vec![it(0, 90, 10), it(1, 1 << 40, 5)], Coalesce::default()).is_ok());
-        let e = src().with_items(vec![it(0, 95, 10)], Coalesce::default()).unwrap_err();
+        assert!(src().with_items(vec![it(0, 90, 10), it(1, 1 << 40, 5)], 1, Coalesce::default()).is_ok());
+        let e = src().with_items(vec![it(0, 95, 10)], 1, Coalesce::default()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidRange);
         assert!(e.to_string().contains("s3://b/a") && e.to_string().contains("sample 0"), "{e}");
-        assert!(src().with_items(vec![it(2, 0, 1)], Coalesce::default()).is_err());
-        assert!(src().with_items(vec![it(0, 0, 0)], Coalesce::default()).is_err());
-        assert!(src().with_items(vec![it(1, u64::MAX, 2)], Coalesce::default()).is_err());
-        let s = src().with_items(vec![it(0, 0, 1); 7], Coalesce::default()).unwrap();
+        assert!(src().with_items(vec![it(2, 0, 1)], 1, Coalesce::default()).is_err());
+        assert!(src().with_items(vec![it(0, 0, 0)], 1, Coalesce::default()).is_err());
+        assert!(src().with_items(vec![it(1, u64::MAX, 2)], 1, Coalesce::default()).is_err());
+        let s = src().with_items(vec![it(0, 0, 1); 7], 1, Coalesce::default()).unwrap();
         assert_eq!(s.len(), 7);
+        let s = src().with_items(vec![it(0, 0, 1); 6], 3, Coalesce::default()).unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(src().with_items(vec![it(0, 0, 1); 7], 3, Coalesce::default()).is_err());
     }
 }

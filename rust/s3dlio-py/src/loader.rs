@@ -428,7 +428,8 @@ impl BatchStream {
 
 /// The samples of a dataset whose samples are byte ranges of objects (indexed shards), built once
 /// and shared by every epoch's stream: the objects (URIs, sizes where known) and, for each
-/// sample, its object, start and length, packed as little-endian `u64` triples in `items`.
+/// sample, its object, start and length, packed as little-endian `u64` triples in `items`
+/// (`parts` consecutive triples per sample for samples of several ranges).
 #[pyclass(frozen, module = "s3dlio._core", name = "SampleSource")]
 pub struct SampleSource {
     source: Arc<Source>,
@@ -437,7 +438,7 @@ pub struct SampleSource {
 #[pymethods]
 impl SampleSource {
     #[new]
-    #[pyo3(signature = (uris, items, sizes=None, max_gap=1 << 20, max_range=8 << 20))]
+    #[pyo3(signature = (uris, items, sizes=None, max_gap=1 << 20, max_range=8 << 20, parts=1))]
     fn new(
         py: Python<'_>,
         uris: Vec<String>,
@@ -445,6 +446,7 @@ impl SampleSource {
         sizes: Option<Vec<Option<u64>>>,
         max_gap: u64,
         max_range: u64,
+        parts: usize,
     ) -> PyResult<Self> {
         let raw = items.as_bytes();
         if raw.len() % 24 != 0 {
@@ -461,7 +463,7 @@ impl SampleSource {
                     .map_err(|_| Error::invalid_config(format!("sample {i}: object number too large")))?;
                 parsed.push(Item { obj, start: word(&t[8..16]), len: word(&t[16..]) });
             }
-            Source::new(uris, sizes)?.with_items(parsed, Coalesce { max_gap, max_range })
+            Source::new(uris, sizes)?.with_items(parsed, parts, Coalesce { max_gap, max_range })
         });
         Ok(SampleSource { source: Arc::new(source.map_err(to_pyerr)?) })
     }
@@ -474,6 +476,12 @@ impl SampleSource {
     #[getter]
     fn objects(&self) -> usize {
         self.source.uris.len()
+    }
+
+    /// Ranges per sample (each batch has this many buffers per sample, consecutive).
+    #[getter]
+    fn parts(&self) -> usize {
+        self.source.parts
     }
 
     /// `(max_gap, max_range)`: how a batch's ranges are merged into requests.
