@@ -32,7 +32,7 @@ from .options import PoolConfig, RangeEngineConfig
 
 __all__ = ["FORMATS", "ShardStream", "ShardedDataset"]
 
-FORMATS = ("wds", "tfrecord", "npz", "npy")
+FORMATS = ("wds", "tfrecord", "npz", "npy", "hdf5")
 """Shard formats :class:`ShardedDataset` reads."""
 
 # File name endings of each format's shards in a listing.
@@ -41,6 +41,7 @@ _SUFFIXES: dict[str, tuple[str, ...]] = {
     "tfrecord": (".tfrecord", ".tfrecords", ".tfr"),
     "npz": (".npz",),
     "npy": (".npy",),
+    "hdf5": (".h5", ".hdf5"),
 }
 # Index files written next to TFRecord shards by other tools (the tfrecord package, DALI).
 _TFRECORD_INDEX_SUFFIXES = (".index", ".idx")
@@ -92,7 +93,12 @@ class ShardedDataset(ObjectDataset):
       shard and the record);
     * ``"npz"``: one file is one sample, a dict of its arrays (zero-copy views where stored
       uncompressed);
-    * ``"npy"``: one file is one sample, its array (a zero-copy view).
+    * ``"npy"``: one file is one sample, its array (a zero-copy view);
+    * ``"hdf5"``: a row of the file's datasets (``datasets=``, default every top-level one; they
+      share their first dimension): a dict ``{name: array}``, each row fetched by a ranged GET
+      into a zero-copy array. Rows must be byte-addressable: contiguous storage, or chunks of
+      whole rows without compression (:func:`s3dlio.formats.hdf5.row_layout`); a compressed
+      dataset is an :class:`~s3dlio.exceptions.InvalidConfigError` naming it and its filter.
 
     ``decode=True`` applies the ready decoders: for ``"wds"`` by extension
     (:func:`s3dlio.formats.decoders.decode_sample`: ``.cls`` -> int, ``.txt`` -> str, ``.json``,
@@ -107,7 +113,7 @@ class ShardedDataset(ObjectDataset):
     def __init__(
         self,
         shards: Sequence[str],
-        indexes: Sequence[ShardIndex | None],
+        indexes: Sequence[Any],
         *,
         format: str,  # noqa: A002 - the issue's and webdataset's name for it
         sizes: Sequence[int | None] | None = None,
@@ -131,11 +137,7 @@ class ShardedDataset(ObjectDataset):
         if not (decode is True or decode is False or callable(decode)):
             raise InvalidConfigError("decode must be True, False or a callable")
         counts = np.array(
-            [
-                1 if format in ("npz", "npy") else len(_need_index(ix, u))
-                for ix, u in zip(indexes, self.uris, strict=True)
-            ],
-            dtype=np.int64,
+            [_count(format, ix, u) for ix, u in zip(indexes, self.uris, strict=True)], dtype=np.int64
         )
         self._first = np.concatenate(([0], np.cumsum(counts)))  # sample number of each shard's first
         self._native: _core.SampleSource | None = None
@@ -153,6 +155,7 @@ class ShardedDataset(ObjectDataset):
         index_cache: str | os.PathLike[str] | bool = True,
         sidecar: bool = False,
         index_concurrency: int = 4,
+        datasets: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> ShardedDataset:
         """The shards of ``format`` under ``uri`` (one listing; key order), indexed.
@@ -164,6 +167,9 @@ class ShardedDataset(ObjectDataset):
         ``x.idx``: the ``tfrecord`` package's and DALI's format), else a read of the whole shard.
         Every cached index is keyed by the shard's URI, size and ETag, so a changed shard is
         indexed again. ``index_concurrency`` shards are read at once while indexing.
+
+        HDF5 files are not indexed that way: each file's metadata is read through
+        :func:`s3dlio.open` by h5py (a few ranged reads) to find the rows of ``datasets``.
         """
         from . import list as list_objects
 
@@ -178,8 +184,11 @@ class ShardedDataset(ObjectDataset):
                 + (f" matching {pattern!r}" if pattern else ""),
                 uri,
             )
+        indexes: list[Any]
         if format in ("npz", "npy"):
-            indexes: list[ShardIndex | None] = [None] * len(shards)
+            indexes = [None] * len(shards)
+        elif format == "hdf5":
+            indexes = [_hdf5_layout(s.uri, datasets, config) for s in shards]
         else:
             names = {o.uri: o for o in infos}
             indexes = list(
@@ -227,7 +236,7 @@ class ShardedDataset(ObjectDataset):
 
     def _range(self, index: int) -> tuple[int, int, int]:
         shard, local = self.locate(index)
-        ix = self._indexes[shard]
+        ix: ShardIndex | None = self._indexes[shard]
         if ix is None:  # one file, one sample
             size = self.sizes[shard] if self.sizes else None
             return shard, 0, int(size) if size is not None else -1
@@ -243,6 +252,19 @@ class ShardedDataset(ObjectDataset):
                 table = np.stack(
                     [np.arange(len(sizes), dtype=np.uint64), np.zeros_like(sizes), sizes], axis=1
                 )
+            elif self.format == "hdf5":
+                parts = []
+                for shard, layouts in enumerate(self._indexes):
+                    rows = layouts[0].nrows
+                    cols = []
+                    for lay in layouts:  # per row: one range per dataset, in `datasets` order
+                        cols.append(np.stack([
+                            np.full(rows, shard, dtype=np.uint64),
+                            lay.row_offsets.astype(np.uint64),
+                            np.full(rows, lay.row_nbytes, dtype=np.uint64),
+                        ], axis=1))  # fmt: skip
+                    parts.append(np.stack(cols, axis=1).reshape(-1, 3))
+                table = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.uint64)
             else:
                 parts = []
                 for shard, ix in enumerate(self._indexes):
@@ -258,14 +280,19 @@ class ShardedDataset(ObjectDataset):
                 self.sizes,
                 max_gap=self.max_gap,
                 max_range=self.max_range,
+                parts=len(self._indexes[0]) if self.format == "hdf5" and self._indexes else 1,
             )
         return self._native
 
-    def _sample_at(self, index: int, buf: _core.Buffer) -> Any:
+    def _sample_at(self, index: int, buf: Any) -> Any:
         shard, local = self.locate(index)
         uri = self.uris[shard]
         sample: Any
-        if self.format == "wds":
+        if self.format == "hdf5":
+            from .formats.hdf5 import decode_row
+
+            sample = {lay.name: decode_row(b, lay) for lay, b in zip(self._indexes[shard], buf, strict=True)}
+        elif self.format == "wds":
             from .formats.tar import decode_wds
 
             ix = self._indexes[shard]
@@ -289,6 +316,8 @@ class ShardedDataset(ObjectDataset):
         return sample if self.transform is None else self.transform(sample)
 
     def __getitem__(self, index: int) -> Any:
+        if self.format == "hdf5":  # several ranges: one batch of one
+            return self.__getitems__([index])[0]
         shard, start, length = self._range(index)
         uri = self.uris[shard]
         cfg = _native(self.config)
@@ -314,7 +343,9 @@ class ShardedDataset(ObjectDataset):
             _positions, got, bufs = next(stream)
         finally:
             stream.close()
-        return [self._sample_at(i, b) for i, b in zip(got, bufs, strict=True)]
+        k = self._sample_source().parts
+        samples: list[Any] = bufs if k == 1 else [tuple(bufs[j : j + k]) for j in range(0, len(bufs), k)]
+        return [self._sample_at(i, b) for i, b in zip(got, samples, strict=True)]
 
     def stream(self, **kwargs: Any) -> ShardStream:
         """The same shards in streaming mode (see :class:`ShardStream`)."""
@@ -329,10 +360,40 @@ class ShardedDataset(ObjectDataset):
         return f"ShardedDataset({len(self)} samples in {len(self.uris)} {self.format} shards)"
 
 
-def _need_index(ix: ShardIndex | None, uri: str) -> ShardIndex:
+def _count(format: str, ix: Any, uri: str) -> int:  # noqa: A002 - as everywhere here
+    """Samples in one shard: a file for npz/npy, rows for hdf5 (a list of dataset layouts), the
+    index's samples otherwise."""
+    if format in ("npz", "npy"):
+        return 1
     if ix is None:
         raise InvalidConfigError(f"no index given for shard {uri}")
-    return ix
+    if format == "hdf5":
+        return int(ix[0].nrows)
+    return len(ix)
+
+
+def _hdf5_layout(uri: str, datasets: Sequence[str] | None, config: StorageConfig | None) -> list[Any]:
+    """The row layouts of ``datasets`` in one HDF5 file, read by h5py through s3dlio.open; every
+    dataset must have byte-addressable rows of at least one byte."""
+    from . import open as open_object
+    from .formats.hdf5 import row_layout
+
+    with open_object(uri, "rb", config=config) as f:
+        try:
+            layouts = row_layout(f, datasets)
+        except InvalidConfigError as e:
+            raise InvalidConfigError(f"{uri}: {e}", uri) from None
+    for lay in layouts:
+        if not lay.addressable:
+            raise InvalidConfigError(
+                f"{uri}: dataset {lay.name!r} cannot be read by ranged GETs: {lay.reason} (store it "
+                "contiguous or in uncompressed chunks of whole rows, or read it with h5py over "
+                "s3dlio.open)",
+                uri,
+            )
+        if lay.row_nbytes == 0:
+            raise InvalidConfigError(f"{uri}: dataset {lay.name!r} has empty rows", uri)
+    return layouts
 
 
 # -------------------------------------------------------------------------------------------------

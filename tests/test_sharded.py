@@ -391,3 +391,47 @@ def test_generated_wds_shards(bucket: str) -> None:
     sizes = gen.sample_sizes((100, 400), 30, seed=2)
     assert [len(ds[i]["bin"]) for i in range(30)] == [int(s) for s in sizes]
     assert [ds[i]["cls"] for i in range(30)] == [int(x) for x in gen.sample_labels(30, seed=2)]
+
+
+# -------------------------------------------------------------------------------------------------
+# HDF5
+# -------------------------------------------------------------------------------------------------
+
+
+def test_hdf5_rows_of_several_datasets(bucket: str, tmp_path: Path) -> None:
+    """Rows of two datasets (one contiguous, one in uncompressed chunks) across two files: each
+    sample is {name: row}, both rows fetched by ranged GETs into zero-copy arrays; a shuffled
+    epoch has every row once; a compressed dataset is refused with its filter named."""
+    h5py = require("h5py")
+    for k in range(2):
+        path = tmp_path / f"part{k}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("x", data=np.arange(k * 20, k * 20 + 20, dtype=np.float32)[:, None] * np.ones(6))
+            f.create_dataset("y", data=np.arange(k * 20, k * 20 + 20, dtype=np.int64), chunks=(5,))
+        s3dlio.put(f"s3://{bucket}/h5/part{k}.h5", path.read_bytes())
+    ds = ShardedDataset.from_prefix(f"s3://{bucket}/h5", format="hdf5", datasets=["x", "y"])
+    assert len(ds) == 40
+    row = ds[27]
+    assert int(row["y"]) == 27 and row["x"].shape == (6,) and float(row["x"][3]) == 27.0
+    assert not row["x"].flags.writeable
+    dl = s3dlio.DataLoader(ds, batch_size=6, shuffle=True, collate_fn=as_list)
+    got = [(int(r["y"]), float(r["x"][0])) for b in dl for r in b]
+    assert sorted(got) == [(i, float(i)) for i in range(40)]
+    assert [int(r["y"]) for r in ds.__getitems__([39, 0, 21])] == [39, 0, 21]
+    with h5py.File(tmp_path / "gz.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((10, 4)), chunks=(2, 4), compression="gzip")
+    s3dlio.put(f"s3://{bucket}/h5gz/gz.h5", (tmp_path / "gz.h5").read_bytes())
+    with pytest.raises(InvalidConfigError, match=r"gz\.h5.*'x'.*deflate"):
+        ShardedDataset.from_prefix(f"s3://{bucket}/h5gz", format="hdf5")
+
+
+def test_generated_hdf5(bucket: str) -> None:
+    from s3dlio import gen
+
+    root = f"s3://{bucket}/gh5"
+    gen.generate(root, count=12, size=64, format="hdf5", samples_per_shard=5, seed=9)
+    ds = ShardedDataset.from_prefix(f"{root}/train", format="hdf5")
+    assert len(ds) == 12 and len(ds.shards) == 3
+    labels = [int(x) for x in gen.sample_labels(12, seed=9)]
+    assert [int(ds[i]["y"]) for i in range(12)] == labels
+    assert ds[7]["x"].shape == (64,)
