@@ -74,7 +74,7 @@ Collate = Callable[[list[Any]], Any]
 def default_collate(samples: list[Any]) -> Any:
     """Stack a batch into numpy arrays that ``tf.data`` converts without surprises.
 
-    * Raw :class:`s3dlio.Buffer` samples of equal size: one ``uint8`` array of shape
+    * Raw :class:`s3dlio.Buffer` (or ``memoryview``) samples of equal size: one ``uint8`` array of shape
       (batch, size) (the one copy: into a fresh array). Of unequal sizes: a 1-D object array of
       ``bytes`` (a ``tf.string`` tensor of shape (batch,), e.g. for ``tf.io.decode_jpeg``).
     * numpy arrays and numbers: ``np.stack``. ``bytes`` / ``str``: an object array (``tf.string``).
@@ -84,7 +84,7 @@ def default_collate(samples: list[Any]) -> Any:
     if not samples:
         raise InvalidConfigError("cannot collate an empty batch")
     first = samples[0]
-    if isinstance(first, _core.Buffer):
+    if isinstance(first, _core.Buffer | memoryview):  # memoryview: a TFRecord payload, a tar member
         arrays = [np.frombuffer(s, dtype=np.uint8) for s in samples]
         if len({a.size for a in arrays}) == 1:
             return np.stack(arrays)
