@@ -333,3 +333,36 @@ def bench(session: nox.Session) -> None:
     quick = "--quick" in session.posargs
     _install(session, "torch,bench", release=not quick)
     _bench(session, *session.posargs)
+
+
+# mosaicml-streaming's own requirements pin numpy<2.2 and google-cloud-storage<3.3 (the test
+# extra needs >=3.17), so pip cannot install it beside s3dlio's extras with its dependencies. It is
+# installed with --no-deps, plus what `import streaming` and its S3 path import (its MDS reader
+# works with the numpy 2 that s3dlio's environment has).
+MOSAIC_DEPS = [
+    "boto3", "brotli", "python-snappy", "zstd", "xxhash>=3,<4", "catalogue>=2,<3", "tqdm",
+    "transformers>=4.21.3,<5",
+]  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def bench_shards(session: nox.Session) -> None:
+    """One shuffled epoch over WebDataset shards on a local S3 server (issue 13): s3dlio's indexed
+    global shuffle (cold and warm index) and streaming mode against webdataset (torch DataLoader,
+    shards read through `pipe:s5cmd cat`) and mosaicml-streaming (MDS, boto3); writes
+    docs/benchmarks/shards.json and prints the table for docs/benchmarks.md.
+
+    Built with the release profile; `nox -s bench_shards -- --quick` (a small run that only checks
+    the harness) uses the dev profile. Other arguments go to benchmarks/bench_shards.py
+    (`nox -s bench_shards -- --samples 4000 --reps 1`).
+    """
+    quick = "--quick" in session.posargs
+    _install(session, "torch,bench,test", release=not quick)
+    torch_version = session.run(
+        "python", "-c", "import torch; print(torch.__version__.split('+')[0])", silent=True
+    )
+    assert isinstance(torch_version, str)
+    # torchvision: imported by `import streaming`; pinned to the installed torch so pip keeps it.
+    session.install("webdataset", *MOSAIC_DEPS, "torchvision", f"torch=={torch_version.strip()}")
+    session.install("--no-deps", "mosaicml-streaming")
+    session.run("python", "-P", str(ROOT / "benchmarks" / "bench_shards.py"), *session.posargs)
