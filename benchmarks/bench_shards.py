@@ -157,10 +157,11 @@ def as_list(samples: list[Any]) -> list[Any]:
 
 
 def s3dlio_ready(spec: dict[str, Any]) -> None:
-    """Imports and the process's S3 client set up before the clock starts (as the peers' imports
-    are): one listing of the prefix."""
+    """Imports (s3dlio.sharded and s3dlio.data, which imports torch: 1.2 s) and the process's S3
+    client set up before the clock starts, as the peers' imports are: one listing of the prefix."""
     import s3dlio
     import s3dlio.formats.tar  # imported on first use otherwise
+    from s3dlio import DataLoader, ShardedDataset, ShardStream  # noqa: F401 - lazy: s3dlio.data imports torch
 
     s3dlio.list(spec["wds"])
 
