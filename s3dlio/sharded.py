@@ -357,7 +357,8 @@ class ShardedDataset(ObjectDataset):
         return state
 
     def __repr__(self) -> str:
-        return f"ShardedDataset({len(self)} samples in {len(self.uris)} {self.format} shards)"
+        unit = "shards" if self.format in ("wds", "tfrecord") else "files"
+        return f"ShardedDataset({len(self)} samples in {len(self.uris)} {self.format} {unit})"
 
 
 def _count(format: str, ix: Any, uri: str) -> int:  # noqa: A002 - as everywhere here
