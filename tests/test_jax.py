@@ -606,13 +606,6 @@ def test_sigint_while_the_server_is_silent(bucket: str, proxy: FaultProxy, how: 
     assert report["CANCELLED"] == "True", report
 
 
-def test_this_process_never_started_a_jax_backend() -> None:
-    """Guards the rule above (JAX_CHILD): a JAX backend in the pytest process would turn every
-    later fork in the suite into an error."""
-    xla_bridge = require("jax._src.xla_bridge")
-    assert not getattr(xla_bridge, "_backends", {}), "a test started a JAX backend in the pytest process"
-
-
 def test_sharded_npz_dataset_through_jax(bucket: str) -> None:
     """A ShardedDataset of DLIO-style .npz files (s3dlio.gen) through JaxDataLoader: numpy
     batches of the arrays, every file once per epoch, the same order for the same seed."""
@@ -622,7 +615,7 @@ def test_sharded_npz_dataset_through_jax(bucket: str) -> None:
     gen.generate(f"s3://{bucket}/npz", count=24, size=32, format="npz", seed=6)
     ds = ShardedDataset.from_prefix(f"s3://{bucket}/npz/train", format="npz")
     labels = sorted(int(x) for x in gen.sample_labels(24, seed=6))
-    with sjax.JaxDataLoader(ds, batch_size=8, shuffle=True, seed=1) as loader:
+    with make_loader(ds, 8, shuffle=True, seed=1) as loader:
         batches = list(loader)
         again = list(loader)
     assert [b["x"].shape for b in batches] == [(8, 32)] * 3
@@ -630,3 +623,10 @@ def test_sharded_npz_dataset_through_jax(bucket: str) -> None:
     assert sorted(int(y) for b in batches for y in b["y"]) == labels
     assert sorted(int(y) for b in again for y in b["y"]) == labels
     assert [int(y) for b in batches for y in b["y"]] != [int(y) for b in again for y in b["y"]]
+
+
+def test_this_process_never_started_a_jax_backend() -> None:
+    """Guards the rule above (JAX_CHILD): a JAX backend in the pytest process would turn every
+    later fork in the suite into an error."""
+    xla_bridge = require("jax._src.xla_bridge")
+    assert not getattr(xla_bridge, "_backends", {}), "a test started a JAX backend in the pytest process"
