@@ -457,10 +457,17 @@ def main() -> int:
         Path(spec_path).write_text(json.dumps(spec))
 
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in names}
+        failures: dict[str, list[str]] = {}
         for rep in range(args.reps):
             order = names[rep % len(names) :] + names[: rep % len(names)]  # rotated
             for name in order:
-                r = measure(name, spec_path, server.pid, pin)
+                try:
+                    r = measure(name, spec_path, server.pid, pin)
+                except RuntimeError as e:  # recorded and reported; the other contenders go on
+                    last = [ln for ln in str(e).splitlines() if ln.strip()][-1]
+                    failures.setdefault(name, []).append(last)
+                    print(f"  rep {rep + 1} {name:30s} FAILED: {last}", flush=True)
+                    continue
                 runs[name].append(r)
                 print(f"  rep {rep + 1} {name:30s} {r['samples'] / r['seconds']:8,.0f} samples/s  "
                       f"cpu {r['cpu_s']:6.1f} s  rss {r['rss_mib']:6.0f} MiB  "
@@ -472,6 +479,8 @@ def main() -> int:
 
     rows = []
     for name, rs in runs.items():
+        if not rs:
+            continue
         rate = [r["samples"] / r["seconds"] for r in rs]
         rows.append({
             "contender": name,
@@ -499,6 +508,8 @@ def main() -> int:
               f"| {r['peak_rss_mib']:,.0f} | {r['peak_tree_pss_mib']:,.0f} | {r['server_cpu_s']:.1f} | {vs} |")  # fmt: skip
     for c, why in skipped.items():
         print(f"| {c} | skipped: {why} | | | | | | | |")
+    for c, errors in failures.items():
+        print(f"\n{c}: {len(errors)} of {args.reps} run(s) failed: " + "; ".join(sorted(set(errors))))
     result = {
         "command": " ".join(["python", "-P", "benchmarks/bench_shards.py", *sys.argv[1:]]),
         "samples": args.samples,
@@ -527,6 +538,7 @@ def main() -> int:
             )
         },
         "skipped": skipped,
+        "failures": failures,
         "results": rows,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
