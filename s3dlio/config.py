@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -26,7 +27,12 @@ class StorageConfig:
     :class:`s3dlio.exceptions.InvalidConfigError` here, not later.
     """
 
-    endpoint_url: str | None = None
+    #: The S3 endpoint, or several (a list, or one string separated by commas) for one store
+    #: behind several gateways: requests are spread over them by ``endpoint_policy``, and one that
+    #: refuses connections is skipped for a while (see docs/configuration.md).
+    endpoint_url: str | Sequence[str] | None = None
+    #: ``"round_robin"`` or ``"least_outstanding"`` (fewest requests in flight). ``None``: round robin.
+    endpoint_policy: str | None = None
     region: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
@@ -58,6 +64,12 @@ class StorageConfig:
     fsync: bool = False
 
     def __post_init__(self) -> None:
+        if self.endpoint_url is not None and not isinstance(self.endpoint_url, str):
+            if not all(isinstance(e, str) for e in self.endpoint_url):
+                from .exceptions import InvalidConfigError
+
+                raise InvalidConfigError("endpoint_url must be a URL, or a list of URLs")
+            object.__setattr__(self, "endpoint_url", ",".join(self.endpoint_url))
         object.__setattr__(self, "_native", _core.Config(**self._fields()))
 
     def _fields(self) -> dict[str, Any]:

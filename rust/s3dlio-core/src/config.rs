@@ -202,8 +202,10 @@ macro_rules! store_config {
 }
 
 store_config! {
-    /// S3 endpoint (`http(s)://host:port`); `None`: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, else AWS.
+    /// S3 endpoint (`http(s)://host:port`), or several separated by commas (one store behind several gateways: requests are spread over them by `endpoint_policy`, and one that refuses connections is skipped); `None`: `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, else AWS.
     endpoint_url: Option<String> = None;
+    /// How requests pick one of several endpoints: `"round_robin"` or `"least_outstanding"` (fewest requests in flight); `None`: round robin.
+    endpoint_policy: Option<String> = None;
     /// Region; `None`: `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile, else `us-east-1`.
     region: Option<String> = None;
     /// Static credentials, with `secret_access_key`; nothing else is probed.
@@ -279,12 +281,21 @@ pub fn seconds(name: &str, secs: f64) -> Result<Duration> {
 impl StoreConfig {
     /// Check every field once; called when the config is constructed.
     pub fn validate(&self) -> Result<()> {
-        if let Some(ep) = &self.endpoint_url {
-            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(Error::invalid_config(format!(
-                    "endpoint_url must start with http:// or https://, got {ep:?}"
-                )));
+        if let Some(list) = &self.endpoint_url {
+            let endpoints = crate::backend::endpoints::split_endpoints(list);
+            if endpoints.is_empty() {
+                return Err(Error::invalid_config("endpoint_url must not be empty"));
             }
+            for ep in endpoints {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    return Err(Error::invalid_config(format!(
+                        "endpoint_url must start with http:// or https://, got {ep:?}"
+                    )));
+                }
+            }
+        }
+        if let Some(p) = &self.endpoint_policy {
+            crate::backend::endpoints::Policy::parse(p)?;
         }
         for (name, v) in [("region", &self.region), ("profile", &self.profile)] {
             if matches!(v, Some(s) if s.is_empty()) {
@@ -373,7 +384,7 @@ mod tests {
     #[test]
     fn fields_are_declared_once_and_round_trip() {
         let mut c = StoreConfig::default();
-        assert_eq!(StoreConfig::FIELDS.len(), 16);
+        assert_eq!(StoreConfig::FIELDS.len(), 17);
         for spec in StoreConfig::FIELDS {
             let v = c.get(spec.name).unwrap();
             c.set(spec.name, v).unwrap();

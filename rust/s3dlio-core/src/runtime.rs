@@ -24,7 +24,7 @@ pub struct Context {
     runtime: Runtime,
     tracker: TaskTracker,
     cleanup: TaskTracker,
-    s3_clients: Mutex<Lru<crate::backend::s3::ClientKey, aws_sdk_s3::Client>>,
+    s3_clients: Mutex<Lru<crate::backend::s3::ClientKey, Arc<crate::backend::endpoints::Endpoints>>>,
     backends: Mutex<Lru<crate::registry::RegistryKey, Arc<dyn crate::backend::Backend>>>,
     metrics: crate::metrics::Metrics,
 }
@@ -150,8 +150,32 @@ impl Context {
         &self.metrics
     }
 
-    pub(crate) fn clients(&self) -> MutexGuard<'_, Lru<crate::backend::s3::ClientKey, aws_sdk_s3::Client>> {
+    pub(crate) fn clients(
+        &self,
+    ) -> MutexGuard<'_, Lru<crate::backend::s3::ClientKey, Arc<crate::backend::endpoints::Endpoints>>> {
         lock(&self.s3_clients)
+    }
+
+    /// The counters of every S3 endpoint this process has clients for, one entry per URL (summed
+    /// over the client configurations that share it).
+    pub fn endpoint_stats(&self, reset: bool) -> Vec<crate::backend::endpoints::EndpointStats> {
+        let mut out: Vec<crate::backend::endpoints::EndpointStats> = Vec::new();
+        for set in self.clients().values() {
+            for e in set.stats(reset) {
+                match out.iter_mut().find(|o| o.url == e.url) {
+                    Some(o) => {
+                        o.requests += e.requests;
+                        o.errors += e.errors;
+                        o.in_flight += e.in_flight;
+                        o.downs += e.downs;
+                        o.down |= e.down;
+                    }
+                    None => out.push(e),
+                }
+            }
+        }
+        out.sort_by(|a, b| a.url.cmp(&b.url));
+        out
     }
 
     pub(crate) fn backends(
@@ -186,6 +210,10 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
 
     pub(crate) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.map.values().map(|(v, _)| v)
     }
 
     /// The value for `key`, marked as just used.

@@ -281,7 +281,20 @@ fn live_tasks() -> PyResult<usize> {
 #[pyfunction]
 #[pyo3(signature = (reset = false))]
 fn stats(py: Python<'_>, reset: bool) -> PyResult<Bound<'_, PyDict>> {
-    snapshot_dict(py, &context().map_err(to_pyerr)?.metrics().snapshot(reset))
+    let ctx = context().map_err(to_pyerr)?;
+    let d = snapshot_dict(py, &ctx.metrics().snapshot(reset))?;
+    let endpoints = PyDict::new(py);
+    for e in ctx.endpoint_stats(reset) {
+        let one = PyDict::new(py);
+        one.set_item("requests", e.requests)?;
+        one.set_item("errors", e.errors)?;
+        one.set_item("in_flight", e.in_flight)?;
+        one.set_item("downs", e.downs)?;
+        one.set_item("down", e.down)?;
+        endpoints.set_item(e.url, one)?;
+    }
+    d.set_item("endpoints", endpoints)?;
+    Ok(d)
 }
 
 /// A counters snapshot as the dict `s3dlio.stats()` documents.

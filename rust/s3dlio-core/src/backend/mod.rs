@@ -10,6 +10,7 @@
 //! handed to the runtime's cleanup tracker, which an interrupted blocking call waits for.
 
 pub mod azure;
+pub mod endpoints;
 pub mod gcs;
 mod http;
 pub mod local;

@@ -10,6 +10,7 @@
 //! timeouts and connection errors). GETs disable the SDK's retries and retry here instead, so a
 //! failure of the headers and one of the body (a reset, a stall) draw on the same budget.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 
+use super::endpoints::{split_endpoints, Endpoints, Lease, Policy};
 use super::http::{check_size, total_from_content_range, Resume};
 use super::{Backend, MultipartUpload};
 use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
@@ -53,7 +55,8 @@ fn crc32c(data: &[u8]) -> String {
 /// Everything that distinguishes one client from another. Holds secrets: never printed.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ClientKey {
-    endpoint: Option<String>,
+    endpoints: Vec<String>,
+    policy: Policy,
     region: String,
     static_creds: Option<(String, String, Option<String>)>,
     profile: Option<String>,
@@ -70,7 +73,10 @@ fn env(name: &str) -> Option<String> {
 
 impl ClientKey {
     async fn resolve(cfg: &StoreConfig) -> ClientKey {
-        let endpoint = cfg.resolved_endpoint();
+        let endpoints = cfg.resolved_endpoint().map(|e| split_endpoints(&e)).unwrap_or_default();
+        // validated with the config: an unknown name never gets here
+        let policy = Policy::parse(cfg.endpoint_policy.as_deref().unwrap_or("round_robin"))
+            .unwrap_or(Policy::RoundRobin);
         let profile = cfg.profile.clone().or_else(|| env("AWS_PROFILE"));
         // Region: explicit, env, profile file, else us-east-1. Never the instance-metadata service.
         let mut region =
@@ -87,8 +93,9 @@ impl ClientKey {
             _ => None,
         };
         ClientKey {
-            path_style: cfg.force_path_style.unwrap_or(endpoint.is_some()),
-            endpoint,
+            path_style: cfg.force_path_style.unwrap_or(!endpoints.is_empty()),
+            endpoints,
+            policy,
             region: region.unwrap_or_else(|| "us-east-1".to_owned()),
             static_creds,
             profile,
@@ -99,7 +106,19 @@ impl ClientKey {
         }
     }
 
-    async fn build(&self) -> Client {
+    /// One client per endpoint (one for AWS's own when none is set), sharing the settings.
+    async fn build(&self) -> Endpoints {
+        if self.endpoints.is_empty() {
+            return Endpoints::new(vec![(None, self.client(None).await)], self.policy);
+        }
+        let mut members = Vec::with_capacity(self.endpoints.len());
+        for ep in &self.endpoints {
+            members.push((Some(ep.clone()), self.client(Some(ep)).await));
+        }
+        Endpoints::new(members, self.policy)
+    }
+
+    async fn client(&self, endpoint: Option<&str>) -> Client {
         // operation_timeout is not the SDK's: s3dlio applies it around a whole operation, body and
         // its own retries included (crate::ops).
         let timeouts = TimeoutConfig::builder()
@@ -126,7 +145,7 @@ impl ClientKey {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .force_path_style(self.path_style);
-        if let Some(ep) = &self.endpoint {
+        if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);
         }
         Client::from_conf(b.build())
@@ -135,7 +154,7 @@ impl ClientKey {
 
 /// One bucket, with the client and settings to reach it.
 pub struct S3Backend {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     bucket: String,
     max_attempts: u32,
     initial_backoff: Duration,
@@ -151,6 +170,8 @@ struct Opened {
     /// The whole object's size (Content-Range, or Content-Length of a whole-object GET).
     total: Option<u64>,
     etag: Option<String>,
+    /// The endpoint, in flight until the body has been read.
+    _lease: Lease,
 }
 
 fn etag_of(t: Option<&str>) -> Option<String> {
@@ -194,15 +215,15 @@ impl S3Backend {
         let ctx = context()?;
         let key = ClientKey::resolve(cfg).await;
         let cached = ctx.clients().get(&key);
-        let client = match cached {
+        let endpoints = match cached {
             Some(c) => c,
             None => {
-                let c = key.build().await;
+                let c = Arc::new(key.build().await);
                 ctx.clients().get_or_insert(key, c)
             }
         };
         Ok(S3Backend {
-            client,
+            endpoints,
             bucket: bucket.to_owned(),
             max_attempts: cfg.max_attempts,
             initial_backoff: cfg.initial_backoff,
@@ -222,8 +243,13 @@ impl S3Backend {
     /// Send one GET (no SDK retries: the caller retries, body included) and read its headers.
     async fn open(&self, key: &str, range: Option<ByteRange>, if_match: Option<&str>) -> Result<Opened> {
         let uri = self.uri(key);
-        let mut req =
-            self.client.get_object().bucket(&self.bucket).key(key).set_if_match(if_match.map(str::to_owned));
+        let lease = self.endpoints.lease();
+        let mut req = lease
+            .client()
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(if_match.map(str::to_owned));
         if let Some(r) = range {
             req = req.range(match r.last_byte(&uri)? {
                 Some(last) => format!("bytes={}-{last}", r.offset),
@@ -231,7 +257,7 @@ impl S3Backend {
             });
         }
         let sent = std::time::Instant::now();
-        let resp = req
+        let sent_req = req
             .customize()
             .config_override(aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()))
             .send()
@@ -245,7 +271,8 @@ impl S3Backend {
                     ),
                     _ => err,
                 }
-            })?;
+            });
+        let resp = lease.record(sent_req)?;
         crate::metrics::ttfb(crate::metrics::Op::Get, sent.elapsed());
         let len = resp.content_length().and_then(|n| usize::try_from(n).ok());
         let etag = etag_of(resp.e_tag());
@@ -258,7 +285,7 @@ impl S3Backend {
             }
         };
         let len = body.take.or(len);
-        Ok(Opened { etag, body, len, total })
+        Ok(Opened { etag, body, len, total, _lease: lease })
     }
 
     /// One whole attempt of a GET: headers and body.
@@ -266,7 +293,7 @@ impl S3Backend {
         let uri = self.uri(key);
         let opened = self.open(key, opts.range, opts.if_match.as_deref()).await?;
         check_size(opts.expected_size, opened.total, &uri)?;
-        let Opened { mut body, len, total, etag } = opened;
+        let Opened { mut body, len, total, etag, _lease } = opened;
         let short = |got: usize, n: usize| {
             Error::new(ErrorKind::Io, Some(&uri), format!("body ended after {got} of {n} bytes"))
         };
@@ -398,13 +425,13 @@ impl Backend for S3Backend {
     async fn head(&self, key: &str) -> Result<ObjectInfo> {
         let uri = self.uri(key);
         let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+            .endpoints
+            .run(|c| {
+                let req = c.head_object().bucket(&self.bucket).key(key);
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(ObjectInfo {
             size: head.content_length().unwrap_or(0).max(0) as u64,
             etag: etag_of(head.e_tag()),
@@ -421,31 +448,38 @@ impl Backend for S3Backend {
     /// headers are still signed.
     async fn put(&self, key: &str, data: Bytes, _opts: &PutOptions) -> Result<()> {
         let uri = self.uri(key);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_crc32_c(crc32c(&data))
-            .body(ByteStream::from(data))
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+        let crc = crc32c(&data);
+        self.endpoints
+            .run(|c| {
+                let req = c
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .checksum_crc32_c(crc.clone())
+                    .body(ByteStream::from(data.clone()))
+                    .customize()
+                    .disable_payload_signing();
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(())
     }
 
     async fn start_multipart(&self, key: &str, _opts: &PutOptions) -> Result<Box<dyn MultipartUpload>> {
         let uri = self.uri(key);
         let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+            .endpoints
+            .run(|c| {
+                let req = c
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C);
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| {
@@ -453,7 +487,7 @@ impl Backend for S3Backend {
             })?
             .to_owned();
         Ok(Box::new(S3Multipart {
-            client: self.client.clone(),
+            endpoints: Arc::clone(&self.endpoints),
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             uri,
@@ -466,15 +500,18 @@ impl Backend for S3Backend {
     /// every attempt counts once against `max_attempts`, and inside a pool's scope (a listing's,
     /// see `ops::pages`) throttled pages wait on the pool's probes.
     fn list(&self, prefix: &str, delimiter: bool) -> BoxStream<'static, Result<ListPage>> {
-        let (client, bucket, prefix) = (self.client.clone(), self.bucket.clone(), prefix.to_owned());
+        let (endpoints, bucket, prefix) =
+            (Arc::clone(&self.endpoints), self.bucket.clone(), prefix.to_owned());
         let list_uri = self.uri(&prefix);
         let (max_attempts, initial_backoff) = (self.max_attempts, self.initial_backoff);
         super::http::paged(move |marker: Option<String>| {
-            let (client, bucket, prefix, list_uri) =
-                (client.clone(), bucket.clone(), prefix.clone(), list_uri.clone());
+            let (endpoints, bucket, prefix, list_uri) =
+                (Arc::clone(&endpoints), bucket.clone(), prefix.clone(), list_uri.clone());
             async move {
                 let page = super::http::retrying(max_attempts, initial_backoff, || {
-                    let req = client
+                    let lease = endpoints.lease();
+                    let req = lease
+                        .client()
                         .list_objects_v2()
                         .bucket(&bucket)
                         .prefix(&prefix)
@@ -485,7 +522,7 @@ impl Backend for S3Backend {
                             aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
                         );
                     let uri = list_uri.clone();
-                    async move { req.send().await.map_err(|e| map_sdk_err(e, &uri)) }
+                    async move { lease.record(req.send().await.map_err(|e| map_sdk_err(e, &uri))) }
                 })
                 .await?;
                 let mut out = Vec::with_capacity(page.key_count().unwrap_or(0).max(0) as usize);
@@ -524,13 +561,13 @@ impl Backend for S3Backend {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let uri = self.uri(key);
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+        self.endpoints
+            .run(|c| {
+                let req = c.delete_object().bucket(&self.bucket).key(key);
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(())
     }
 
@@ -551,13 +588,13 @@ impl Backend for S3Backend {
             .build()
             .map_err(|e| Error::new(ErrorKind::Io, Some(&uri), e.to_string()))?;
         let out = self
-            .client
-            .delete_objects()
-            .bucket(&self.bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+            .endpoints
+            .run(|c| {
+                let req = c.delete_objects().bucket(&self.bucket).delete(delete.clone());
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         if let Some(err) = out.errors().first() {
             let key = err.key().unwrap_or_default();
             let code = err.code().unwrap_or_default();
@@ -587,35 +624,45 @@ impl Backend for S3Backend {
         let uri = self.uri(dst_key);
         let source =
             format!("{}/{}", self.bucket, percent_encoding::utf8_percent_encode(src_key, COPY_SOURCE));
-        self.client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(dst_key)
-            .copy_source(source)
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &uri))?;
+        self.endpoints
+            .run(|c| {
+                let req = c.copy_object().bucket(&self.bucket).key(dst_key).copy_source(&source);
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(true)
     }
 
     async fn create_container(&self, _key: &str) -> Result<()> {
         let uri = format!("s3://{}", self.bucket);
-        let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
-        let mut req = self.client.create_bucket().bucket(&self.bucket);
-        if !region.is_empty() && region != "us-east-1" {
-            req = req.create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
-                    .build(),
-            );
-        }
-        req.send().await.map_err(|e| map_sdk_err(e, &uri))?;
+        let region = self.endpoints.any_client().config().region().map(|r| r.to_string()).unwrap_or_default();
+        self.endpoints
+            .run(|c| {
+                let mut req = c.create_bucket().bucket(&self.bucket);
+                if !region.is_empty() && region != "us-east-1" {
+                    req = req.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                            .build(),
+                    );
+                }
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(())
     }
 
     async fn delete_container(&self, _key: &str) -> Result<()> {
         let uri = format!("s3://{}", self.bucket);
-        self.client.delete_bucket().bucket(&self.bucket).send().await.map_err(|e| map_sdk_err(e, &uri))?;
+        self.endpoints
+            .run(|c| {
+                let req = c.delete_bucket().bucket(&self.bucket);
+                let uri = &uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         Ok(())
     }
 }
@@ -624,7 +671,7 @@ impl Backend for S3Backend {
 /// it is aborted on the runtime's cleanup tracker, which an interrupted blocking call waits for
 /// before it returns.
 struct S3Multipart {
-    client: Client,
+    endpoints: Arc<Endpoints>,
     bucket: String,
     key: String,
     uri: String,
@@ -634,18 +681,26 @@ struct S3Multipart {
 
 impl S3Multipart {
     fn abort_request(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id);
         let uri = self.uri.clone();
-        let (client, bucket, key, upload_id) =
-            (self.client.clone(), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        let (endpoints, bucket, key, upload_id) =
+            (Arc::clone(&self.endpoints), self.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        let abort = {
+            let (endpoints, bucket, key, upload_id) =
+                (Arc::clone(&endpoints), bucket.clone(), key.clone(), upload_id.clone());
+            move || {
+                let lease = endpoints.lease();
+                let req =
+                    lease.client().abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id);
+                async move {
+                    let sent = req.send().await;
+                    drop(lease);
+                    sent
+                }
+            }
+        };
         async move {
             // Bounded: the upload is already failing; its error is what the user sees.
-            let first = match tokio::time::timeout(Duration::from_secs(10), req.clone().send()).await {
+            let first = match tokio::time::timeout(Duration::from_secs(10), abort()).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(map_sdk_err(e, &uri)),
                 Err(_) => {
@@ -661,14 +716,20 @@ impl S3Multipart {
                     drop(ctx.spawn(async move {
                         for wait_ms in [250u64, 500, 500] {
                             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                            let listed =
-                                client.list_multipart_uploads().bucket(&bucket).prefix(&key).send().await;
+                            let lease = endpoints.lease();
+                            let listed = lease
+                                .client()
+                                .list_multipart_uploads()
+                                .bucket(&bucket)
+                                .prefix(&key)
+                                .send()
+                                .await;
+                            drop(lease);
                             let back = listed.is_ok_and(|l| {
                                 l.uploads().iter().any(|u| u.upload_id() == Some(upload_id.as_str()))
                             });
                             if back {
-                                let _ =
-                                    tokio::time::timeout(Duration::from_secs(5), req.clone().send()).await;
+                                let _ = tokio::time::timeout(Duration::from_secs(5), abort()).await;
                             }
                         }
                     }));
@@ -691,7 +752,9 @@ impl S3Multipart {
             }
         }
         if problem.is_none() {
-            let head = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await;
+            let lease = self.endpoints.lease();
+            let head = lease.client().head_object().bucket(&self.bucket).key(&self.key).send().await;
+            drop(lease);
             match head {
                 Ok(h) => {
                     let got = h.content_length().unwrap_or(-1);
@@ -725,7 +788,10 @@ impl S3Multipart {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let Ok(head) = self.client.head_object().bucket(&self.bucket).key(&self.key).send().await else {
+            let lease = self.endpoints.lease();
+            let head = lease.client().head_object().bucket(&self.bucket).key(&self.key).send().await;
+            drop(lease);
+            let Ok(head) = head else {
                 continue;
             };
             let etag = etag_of(head.e_tag());
@@ -751,19 +817,22 @@ impl MultipartUpload for S3Multipart {
             .map_err(|_| Error::new(ErrorKind::InvalidConfig, Some(&self.uri), "too many parts"))?;
         let sent_crc = crc32c(&data);
         let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .part_number(number_i32)
-            .checksum_crc32_c(sent_crc.clone())
-            .body(ByteStream::from(data))
-            .customize()
-            .disable_payload_signing()
-            .send()
-            .await
-            .map_err(|e| map_sdk_err(e, &self.uri))?;
+            .endpoints
+            .run(|c| {
+                let req = c
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .part_number(number_i32)
+                    .checksum_crc32_c(sent_crc.clone())
+                    .body(ByteStream::from(data.clone()))
+                    .customize()
+                    .disable_payload_signing();
+                let uri = &self.uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
+            .await?;
         if let Some(acked) = out.checksum_crc32_c() {
             if acked != sent_crc {
                 let msg =
@@ -786,22 +855,26 @@ impl MultipartUpload for S3Multipart {
                     .build()
             })
             .collect();
+        let completed = CompletedMultipartUpload::builder().set_parts(Some(completed)).build();
         let sent = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-            .send()
+            .endpoints
+            .run(|c| {
+                let req = c
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .multipart_upload(completed.clone());
+                let uri = &self.uri;
+                async move { req.send().await.map_err(|e| map_sdk_err(e, uri)) }
+            })
             .await;
         match sent {
             Ok(out) => {
                 self.finished = true;
                 self.verify_completed(&parts, size, out.checksum_crc32_c()).await
             }
-            Err(e) => {
-                let err = map_sdk_err(e, &self.uri);
+            Err(err) => {
                 if err.kind() == ErrorKind::NotFound && self.completed_anyway(&parts, size).await {
                     self.finished = true;
                     return Ok(());
