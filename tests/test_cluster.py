@@ -285,3 +285,53 @@ def test_without_replication_a_lost_volume_server_is_a_named_error() -> None:
         assert all(i >= 0 for i in got) and len(got) == len(set(got))
         assert not {uris[i] for i in got} & lost
         assert s["errors"]["server_error"] >= 1 and s["retries"]["server_error"] >= 1, s
+
+
+@pytest.mark.scale
+@pytest.mark.timeout(900)
+def test_full_speed_epochs_with_a_volume_server_lost_and_back(cluster: LocalSeaweedCluster) -> None:
+    """``nox -s scale``: 10,000 x 64 KiB, shuffled epochs read as fast as the loader goes (64
+    requests in flight). Epoch 1 has no fault (the baseline); in epoch 2 the busiest volume server is
+    SIGKILLed a third of the way in and started again at two thirds; in epoch 3 it is stopped with
+    SIGTERM instead. Every epoch: every sample exactly once with its own bytes."""
+    n = 10_000
+    cfg = cluster.config()
+    bucket = _bucket(cluster, "scale")
+    uris = [f"s3://{bucket}/{i:05d}.bin" for i in range(n)]
+    t0 = time.monotonic()
+    for lo in range(0, n, 1000):
+        s3dlio.put_many(
+            [(uris[i], indexed_payload(i, SIZE)) for i in range(lo, min(n, lo + 1000))], config=cfg
+        )
+    print(f"\nwrote {n} x {SIZE // 1024} KiB in {time.monotonic() - t0:.1f} s")
+    k = _busiest(cluster, _servers(cluster, uris[:500]))
+    ds = ObjectDataset.from_uris(uris, [SIZE] * n, transform=_checked, config=cfg)
+    loader = DataLoader(
+        ds, batch_size=16, shuffle=True, collate_fn=list, pool=PoolConfig(pool_size=64, readahead_batches=4)
+    )
+    for epoch, fault in enumerate((None, "SIGKILL", "SIGTERM"), start=1):
+        loader.stats(reset=True)
+        got: list[int] = []
+        down = 0.0
+        t0 = time.monotonic()
+        for batch in loader:
+            got.extend(batch)
+            if fault and len(got) >= n // 3 and cluster.volume_pids[k] is not None and not down:
+                down = time.monotonic()
+                (cluster.kill_volume if fault == "SIGKILL" else cluster.stop_volume)(k)
+            elif fault and len(got) >= 2 * n // 3 and cluster.volume_pids[k] is None:
+                down = time.monotonic() - down
+                cluster.start_volume(k)  # blocks until the master has it again (the loader reads ahead)
+        elapsed = time.monotonic() - t0
+        s = loader.stats()
+        print(
+            f"epoch {epoch} ({fault or 'no fault'}"
+            + (f" on volume server {k}, down {down:.2f} s" if fault else "")
+            + f"): {len(got)} samples in {elapsed:.2f} s ({len(got) / elapsed:.0f} samples/s, "
+            f"{len(got) * SIZE / elapsed / 2**20:.0f} MiB/s); {_counts(s)}"
+        )
+        assert not [i for i in got if i < 0], "samples with wrong bytes"
+        assert sorted(got) == list(range(n)), "samples lost or repeated"
+        assert s["objects_read"] == n and s["ops"]["get"]["errors"] == 0, s
+    assert all(p is not None for p in cluster.volume_pids)
+    s3dlio.delete_prefix(f"s3://{bucket}/", config=cfg)
