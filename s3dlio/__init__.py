@@ -148,7 +148,7 @@ _list = list  # the builtin, shadowed below by s3dlio.list
 _LAZY = {"DataLoader", "ObjectDataset", "ObjectIterableDataset"}
 _LAZY_SHARDED = {"ShardedDataset", "ShardStream"}
 # Submodules that import a framework when used: `s3dlio.checkpoint` works after `import s3dlio`.
-_SUBMODULES = {"checkpoint", "dcp", "lightning", "jax", "tf", "data", "sharded", "formats", "gen"}
+_SUBMODULES = {"checkpoint", "dcp", "lightning", "jax", "tf", "data", "sharded", "formats", "gen", "ray"}
 
 
 def __getattr__(name: str) -> object:
