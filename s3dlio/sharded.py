@@ -100,6 +100,11 @@ class ShardedDataset(ObjectDataset):
       whole rows without compression (:func:`s3dlio.formats.hdf5.row_layout`); a compressed
       dataset is an :class:`~s3dlio.exceptions.InvalidConfigError` naming it and its filter.
 
+    ``cache_bytes`` (default 0: off) keeps whole blocks of ``block_size`` bytes of the shards in
+    memory, up to that many bytes, least recently used out, across epochs: samples are cut from
+    blocks instead of each being a GET of its own. With a global shuffle a dataset that fits in
+    the budget is then read once per process, at whole-object speed (see docs/datasets.md).
+
     ``decode=True`` applies the ready decoders: for ``"wds"`` by extension
     (:func:`s3dlio.formats.decoders.decode_sample`: ``.cls`` -> int, ``.txt`` -> str, ``.json``,
     ``.npy``, images through Pillow); for ``"tfrecord"`` the ``tf.train.Example`` parser
@@ -122,6 +127,8 @@ class ShardedDataset(ObjectDataset):
         config: StorageConfig | None = None,
         max_gap: int = 1 * MiB,
         max_range: int = 8 * MiB,
+        cache_bytes: int = 0,
+        block_size: int = 8 * MiB,
     ) -> None:
         if format not in FORMATS:
             raise InvalidConfigError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -130,6 +137,9 @@ class ShardedDataset(ObjectDataset):
             raise InvalidConfigError(f"{len(indexes)} indexes given for {len(self.uris)} shards")
         if int(max_gap) < 0 or int(max_range) < 1:
             raise InvalidConfigError("max_gap must be >= 0 and max_range >= 1 (bytes)")
+        if int(cache_bytes) < 0 or int(block_size) < 1:
+            raise InvalidConfigError("cache_bytes must be >= 0 and block_size >= 1 (bytes)")
+        self.cache_bytes, self.block_size = int(cache_bytes), int(block_size)
         self.format = format
         self.max_gap, self.max_range = int(max_gap), int(max_range)
         self._indexes = list(indexes)
@@ -281,8 +291,20 @@ class ShardedDataset(ObjectDataset):
                 max_gap=self.max_gap,
                 max_range=self.max_range,
                 parts=len(self._indexes[0]) if self.format == "hdf5" and self._indexes else 1,
+                cache_bytes=self.cache_bytes,
+                block_size=self.block_size,
             )
         return self._native
+
+    def cache_stats(self) -> dict[str, int] | None:
+        """The block cache (``cache_bytes``) of this process: ``bytes`` held, ``blocks_fetched``
+        (one GET each) and ``hits`` (samples served from a block already fetched); ``None``
+        without a cache."""
+        got = self._sample_source().cache_stats()
+        if got is None:
+            return None
+        held, fetched, hits = got
+        return {"bytes": held, "blocks_fetched": fetched, "hits": hits}
 
     def _sample_at(self, index: int, buf: Any) -> Any:
         shard, local = self.locate(index)

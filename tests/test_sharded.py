@@ -149,6 +149,36 @@ def test_adjacent_samples_of_a_batch_share_a_request(wds_prefix: str, tmp_path: 
     assert dl.stats()["ops"]["get"]["bytes"] == total
 
 
+def test_block_cache_reads_each_block_once_whatever_the_order(wds_prefix: str, tmp_path: Path) -> None:
+    """With cache_bytes above the dataset, a shuffled epoch is one GET per block (samples that
+    cross a block boundary included, byte for byte), and the next epoch reads nothing."""
+    ds = dataset(wds_prefix, tmp_path, cache_bytes=64 << 20, block_size=4096)
+    sizes = [int(o.size) for o in s3dlio.list(wds_prefix + "/")]
+    blocks = sum(-(-size // 4096) for size in sizes)
+    dl = s3dlio.DataLoader(ds, batch_size=8, shuffle=True, collate_fn=as_list)
+    first = [(label(s), bytes(s["bin"])) for b in dl for s in b]
+    assert sorted(first) == [(n, payload(n)) for n in range(100)]
+    stats = ds.cache_stats()
+    assert stats is not None
+    # every block holding a sample's bytes, once (the tar's trailing zero blocks are never read)
+    assert stats["blocks_fetched"] == dl.stats()["ops"]["get"]["requests"] <= blocks
+    assert stats["bytes"] <= sum(sizes)
+    second = [(label(s), bytes(s["bin"])) for b in dl for s in b]
+    assert sorted(second) == sorted(first) and second != first
+    assert ds.cache_stats()["blocks_fetched"] == stats["blocks_fetched"]  # type: ignore[index]
+
+
+def test_block_cache_under_budget_evicts_and_stays_correct(wds_prefix: str, tmp_path: Path) -> None:
+    ds = dataset(wds_prefix, tmp_path, cache_bytes=16 << 10, block_size=4096)
+    dl = s3dlio.DataLoader(ds, batch_size=4, shuffle=True, collate_fn=as_list)
+    got = [(label(s), bytes(s["bin"])) for b in dl for s in b]
+    assert sorted(got) == [(n, payload(n)) for n in range(100)]
+    stats = ds.cache_stats()
+    assert stats is not None and stats["bytes"] <= 16 << 10
+    with pytest.raises(InvalidConfigError, match="cache_bytes"):
+        dataset(wds_prefix, tmp_path, cache_bytes=-1)
+
+
 def test_index_cache_and_a_changed_shard(wds_prefix: str, tmp_path: Path) -> None:
     """The second from_prefix reads no shard (the index comes from the cache); rewriting a shard
     changes its ETag, so that shard alone is indexed again."""

@@ -74,6 +74,9 @@ pub struct Source {
     pub items: Option<Vec<Item>>,
     pub parts: usize,
     pub coalesce: Coalesce,
+    /// With a budget: ranged samples are served from whole blocks of their objects, kept in
+    /// memory across epochs (see [`BlockCache`]).
+    pub cache: Option<Arc<BlockCache>>,
 }
 
 /// One sample that is a byte range of an object: `len` bytes at `start` of `uris[obj]`.
@@ -121,7 +124,7 @@ impl Source {
         for u in &uris {
             Location::parse_object(u)?;
         }
-        Ok(Source { uris, sizes, items: None, parts: 1, coalesce: Coalesce::default() })
+        Ok(Source { uris, sizes, items: None, parts: 1, coalesce: Coalesce::default(), cache: None })
     }
 
     /// Samples that are byte ranges of the objects, `parts` consecutive items per sample. Every
@@ -165,6 +168,12 @@ impl Source {
         Ok(self)
     }
 
+    /// Serve ranged samples from `cache` (blocks of objects whose size is known).
+    pub fn with_cache(mut self, cache: BlockCache) -> Source {
+        self.cache = Some(Arc::new(cache));
+        self
+    }
+
     /// Samples: the items when there are any, else the objects.
     pub fn len(&self) -> usize {
         self.items.as_ref().map_or(self.uris.len(), |i| i.len() / self.parts)
@@ -172,6 +181,98 @@ impl Source {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Blocks of objects kept in memory for a ranged loader, up to a budget in bytes, least recently
+/// used first out, across epochs.
+///
+/// With a global shuffle, the samples of one batch lie far apart in their shards, so each is a
+/// request of its own: the store's cost per request, not bandwidth, sets the pace. A block cache
+/// fetches aligned blocks of `block` bytes instead (one ranged GET each, every block once while
+/// it stays cached) and cuts samples out of them: zero-copy slices, or one copy for a sample that
+/// crosses a block boundary. A dataset that fits in the budget is read once per process, at
+/// whole-object speed, whatever the order. Concurrent requests for one block share its fetch.
+/// Memory: the budget, plus blocks being fetched, plus evicted blocks that samples still hold.
+pub struct BlockCache {
+    block: u64,
+    budget: u64,
+    state: std::sync::Mutex<CacheState>,
+    /// Blocks fetched (each a GET), and samples served from a block already cached.
+    pub fetched: AtomicU64,
+    pub hits: AtomicU64,
+}
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("block", &self.block)
+            .field("budget", &self.budget)
+            .field("bytes", &self.bytes())
+            .finish()
+    }
+}
+
+type BlockCell = Arc<tokio::sync::OnceCell<Bytes>>;
+
+#[derive(Default)]
+struct CacheState {
+    blocks: std::collections::HashMap<(u32, u64), (BlockCell, u64)>,
+    bytes: u64,
+    tick: u64,
+}
+
+impl BlockCache {
+    /// `budget` bytes of blocks of `block` bytes (both at least 1).
+    pub fn new(budget: u64, block: u64) -> Result<BlockCache> {
+        if budget == 0 || block == 0 {
+            return Err(Error::invalid_config(
+                "the block cache needs a budget and a block size of at least 1 byte",
+            ));
+        }
+        Ok(BlockCache {
+            block,
+            budget,
+            state: std::sync::Mutex::new(CacheState::default()),
+            fetched: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes of blocks held now.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cell(&self, key: (u32, u64)) -> BlockCell {
+        let mut st = self.lock();
+        st.tick += 1;
+        let tick = st.tick;
+        let entry = st.blocks.entry(key).or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), tick));
+        entry.1 = tick;
+        Arc::clone(&entry.0)
+    }
+
+    /// A block was filled: count it, and evict the least recently used filled blocks over budget.
+    fn filled(&self, key: (u32, u64), len: u64) {
+        let mut st = self.lock();
+        st.bytes += len;
+        while st.bytes > self.budget {
+            let victim = st
+                .blocks
+                .iter()
+                .filter(|(k, (c, _))| **k != key && c.initialized())
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k);
+            let Some(k) = victim else { break };
+            if let Some((c, _)) = st.blocks.remove(&k) {
+                st.bytes -= c.get().map_or(0, |b| b.len() as u64);
+            }
+        }
     }
 }
 
@@ -332,43 +433,119 @@ impl Fetcher {
 }
 
 impl Fetcher {
-    /// One ranged request of a ranged loader, cut into its samples (zero-copy slices).
-    async fn fetch_group(&self, g: Group) -> Vec<(usize, u64, Result<Bytes>)> {
-        self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
-        let uri = &self.source.uris[g.obj as usize];
-        let work = ops::get_range(uri, g.start, Some(g.end - g.start), &self.cfg);
-        let r = match self.request_timeout {
+    /// One block of object `obj` (of `size` bytes) through the cache: fetched once, shared.
+    async fn block(&self, cache: &BlockCache, obj: u32, size: u64, idx: u64) -> Result<Bytes> {
+        let cell = cache.cell((obj, idx));
+        if let Some(b) = cell.get() {
+            cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b.clone());
+        }
+        let uri = &self.source.uris[obj as usize];
+        let start = idx * cache.block;
+        let len = cache.block.min(size - start);
+        let mut fetched = false;
+        let data = cell
+            .get_or_try_init(|| async {
+                fetched = true;
+                self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
+                let r = self.timed(uri, ops::get_range(uri, start, Some(len), &self.cfg)).await;
+                self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+                if let Ok(b) = &r {
+                    self.stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    cache.fetched.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            })
+            .await?
+            .clone();
+        if fetched {
+            cache.filled((obj, idx), data.len() as u64);
+        } else {
+            cache.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(data)
+    }
+
+    /// `request_timeout` around one request.
+    async fn timed<F: Future<Output = Result<Bytes>>>(&self, uri: &str, work: F) -> Result<Bytes> {
+        match self.request_timeout {
             None => work.await,
             Some(d) => tokio::time::timeout(d, work).await.unwrap_or_else(|_| {
                 Err(Error::new(ErrorKind::Timeout, Some(uri), format!("request_timeout ({d:?}) expired")))
             }),
-        };
+        }
+    }
+
+    /// The bytes `[start, end)` of object `obj` from cached blocks: a slice of one block, or the
+    /// pieces of several copied together.
+    async fn from_blocks(
+        &self,
+        cache: &BlockCache,
+        obj: u32,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes> {
+        let (first, last) = (start / cache.block, (end - 1) / cache.block);
+        let blocks =
+            futures::future::try_join_all((first..=last).map(|i| self.block(cache, obj, size, i))).await?;
+        let base = first * cache.block;
+        if let [one] = blocks.as_slice() {
+            let (a, b) = ((start - base) as usize, (end - base) as usize);
+            return Ok(one.slice(a..b.min(one.len())));
+        }
+        let mut out = bytes::BytesMut::with_capacity((end - start) as usize);
+        for (k, b) in blocks.iter().enumerate() {
+            let b_start = base + k as u64 * cache.block;
+            let a = start.saturating_sub(b_start) as usize;
+            let z = ((end - b_start) as usize).min(b.len());
+            out.extend_from_slice(&b[a..z]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// One ranged request of a ranged loader, cut into its samples (zero-copy slices).
+    async fn fetch_group(&self, g: Group) -> Vec<(usize, u64, Result<Bytes>)> {
+        if let (Some(cache), Some(Some(size))) = (&self.source.cache, self.source.sizes.get(g.obj as usize)) {
+            let r = self.from_blocks(cache, g.obj, *size, g.start, g.end).await;
+            return self.cut(g, r);
+        }
+        self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
+        let uri = &self.source.uris[g.obj as usize];
+        let r = self.timed(uri, ops::get_range(uri, g.start, Some(g.end - g.start), &self.cfg)).await;
         self.stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+        if let Ok(data) = &r {
+            self.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.cut(g, r)
+    }
+
+    /// A group's fetched range cut into its samples (zero-copy slices), or its error for each.
+    fn cut(&self, g: Group, r: Result<Bytes>) -> Vec<(usize, u64, Result<Bytes>)> {
+        let uri = &self.source.uris[g.obj as usize];
         match r {
-            Ok(data) => {
-                self.stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                g.members
-                    .into_iter()
-                    .map(|(pos, idx, off, len)| {
-                        let (a, b) = (off as usize, (off + len) as usize);
-                        let slice = if b <= data.len() {
-                            Ok(data.slice(a..b))
-                        } else {
-                            Err(Error::new(
-                                ErrorKind::Io,
-                                Some(uri),
-                                format!(
-                                    "short read: asked for {} bytes at {}, got {}",
-                                    g.end - g.start,
-                                    g.start,
-                                    data.len()
-                                ),
-                            ))
-                        };
-                        (pos, idx, slice)
-                    })
-                    .collect()
-            }
+            Ok(data) => g
+                .members
+                .into_iter()
+                .map(|(pos, idx, off, len)| {
+                    let (a, b) = (off as usize, (off + len) as usize);
+                    let slice = if b <= data.len() {
+                        Ok(data.slice(a..b))
+                    } else {
+                        Err(Error::new(
+                            ErrorKind::Io,
+                            Some(uri),
+                            format!(
+                                "short read: asked for {} bytes at {}, got {}",
+                                g.end - g.start,
+                                g.start,
+                                data.len()
+                            ),
+                        ))
+                    };
+                    (pos, idx, slice)
+                })
+                .collect(),
             Err(e) => g.members.into_iter().map(|(pos, idx, _, _)| (pos, idx, Err(e.clone()))).collect(),
         }
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyTuple};
-use s3dlio_core::loader::{Batch, BatchFailure, BatchLoader, Coalesce, Item, LoaderStats, Source};
+use s3dlio_core::loader::{
+    Batch, BatchFailure, BatchLoader, BlockCache, Coalesce, Item, LoaderStats, Source,
+};
 use s3dlio_core::options::{LoaderOptions, OnError, PoolConfig, RangeEngineConfig, DEFAULT_PUSHBACK_TIMEOUT};
 use s3dlio_core::runtime::context;
 use s3dlio_core::sampler::{self, Evenness};
@@ -438,7 +440,8 @@ pub struct SampleSource {
 #[pymethods]
 impl SampleSource {
     #[new]
-    #[pyo3(signature = (uris, items, sizes=None, max_gap=1 << 20, max_range=8 << 20, parts=1))]
+    #[pyo3(signature = (uris, items, sizes=None, max_gap=1 << 20, max_range=8 << 20, parts=1, cache_bytes=0, block_size=8 << 20))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         uris: Vec<String>,
@@ -447,6 +450,8 @@ impl SampleSource {
         max_gap: u64,
         max_range: u64,
         parts: usize,
+        cache_bytes: u64,
+        block_size: u64,
     ) -> PyResult<Self> {
         let raw = items.as_bytes();
         if raw.len() % 24 != 0 {
@@ -463,7 +468,13 @@ impl SampleSource {
                     .map_err(|_| Error::invalid_config(format!("sample {i}: object number too large")))?;
                 parsed.push(Item { obj, start: word(&t[8..16]), len: word(&t[16..]) });
             }
-            Source::new(uris, sizes)?.with_items(parsed, parts, Coalesce { max_gap, max_range })
+            let source =
+                Source::new(uris, sizes)?.with_items(parsed, parts, Coalesce { max_gap, max_range })?;
+            Ok(if cache_bytes > 0 {
+                source.with_cache(BlockCache::new(cache_bytes, block_size)?)
+            } else {
+                source
+            })
         });
         Ok(SampleSource { source: Arc::new(source.map_err(to_pyerr)?) })
     }
@@ -476,6 +487,18 @@ impl SampleSource {
     #[getter]
     fn objects(&self) -> usize {
         self.source.uris.len()
+    }
+
+    /// `(bytes held, blocks fetched, samples served from blocks already fetched)` of the block
+    /// cache; `None` without one.
+    fn cache_stats(&self) -> Option<(u64, u64, u64)> {
+        self.source.cache.as_ref().map(|c| {
+            (
+                c.bytes(),
+                c.fetched.load(std::sync::atomic::Ordering::Relaxed),
+                c.hits.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
     }
 
     /// Ranges per sample (each batch has this many buffers per sample, consecutive).
