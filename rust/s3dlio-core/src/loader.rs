@@ -478,7 +478,7 @@ impl Fetcher {
 
     /// The bytes `[start, end)` of object `obj` from cached blocks: a slice of one block, or the
     /// pieces of several copied together.
-    async fn from_blocks(
+    async fn read_blocks(
         &self,
         cache: &BlockCache,
         obj: u32,
@@ -507,7 +507,7 @@ impl Fetcher {
     /// One ranged request of a ranged loader, cut into its samples (zero-copy slices).
     async fn fetch_group(&self, g: Group) -> Vec<(usize, u64, Result<Bytes>)> {
         if let (Some(cache), Some(Some(size))) = (&self.source.cache, self.source.sizes.get(g.obj as usize)) {
-            let r = self.from_blocks(cache, g.obj, *size, g.start, g.end).await;
+            let r = self.read_blocks(cache, g.obj, *size, g.start, g.end).await;
             return self.cut(g, r);
         }
         self.stats.requests_started.fetch_add(1, Ordering::Relaxed);
