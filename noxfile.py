@@ -366,3 +366,18 @@ def bench_shards(session: nox.Session) -> None:
     session.install("webdataset", *MOSAIC_DEPS, "torchvision", f"torch=={torch_version.strip()}")
     session.install("--no-deps", "mosaicml-streaming")
     session.run("python", "-P", str(ROOT / "benchmarks" / "bench_shards.py"), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_ray(session: nox.Session) -> None:
+    """Ray Data over one local S3 prefix (issue 16): s3dlio.ray.read_objects against
+    ray.data.read_binary_files on a local Ray cluster, every byte consumed and checked; prints the
+    table for docs/benchmarks.md and writes docs/benchmarks/ray.json.
+
+    Built with the release profile; `nox -s bench_ray -- --quick` (a small run that only checks the
+    harness) uses the dev profile. Other arguments go to benchmarks/bench_ray.py
+    (`nox -s bench_ray -- --objects 500 --reps 1`).
+    """
+    quick = "--quick" in session.posargs
+    _install(session, "ray,bench", release=not quick)
+    session.run("python", "-P", str(ROOT / "benchmarks" / "bench_ray.py"), *session.posargs)
