@@ -13,7 +13,8 @@ then, for each contender, one untimed warm-up run and ``--reps`` timed ones, rot
 - ``s3dlio.ray.read_objects``: ``read_objects("s3://bench-ray/data/")`` (listing included in the
   time);
 
-both with the number of read tasks Ray chooses. Each run consumes every byte in the Ray workers:
+each once with the number of read tasks Ray chooses and once with ``override_num_blocks`` set to
+``2 x --cpus`` (fewer, larger tasks). Each run consumes every byte in the Ray workers:
 ``ds.map_batches`` computes the CRC32C of every object (``s3dlio.crc32c``, the same function for
 both) and returns (name, length, crc) rows to the driver, which must match what was written, each
 object once, else the run fails. Recorded per run: wall time (building the dataset to the last
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KIB, MIB = 1 << 10, 1 << 20
 BUCKET = "bench-ray"
-CONTENDERS = ["ray.data.read_binary_files", "s3dlio.ray.read_objects"]
+READERS = ["ray.data.read_binary_files", "s3dlio.ray.read_objects"]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,9 +101,10 @@ def crc_rows(batch: Any) -> dict[str, Any]:
     return {"name": names, "length": lengths, "crc": crcs}
 
 
-def build(name: str, server: Any) -> Any:
+def build(name: str, blocks: int | None, server: Any) -> Any:
     import ray.data
 
+    kw = {} if blocks is None else {"override_num_blocks": blocks}
     if name == "ray.data.read_binary_files":
         import pyarrow.fs
 
@@ -113,16 +115,19 @@ def build(name: str, server: Any) -> Any:
             secret_key=server.secret_key,
             region=server.region,
         )
-        return ray.data.read_binary_files(f"{BUCKET}/data/", include_paths=True, filesystem=fs)
+        return ray.data.read_binary_files(f"{BUCKET}/data/", include_paths=True, filesystem=fs, **kw)
     import s3dlio.ray
 
-    return s3dlio.ray.read_objects(f"s3://{BUCKET}/data/")
+    return s3dlio.ray.read_objects(f"s3://{BUCKET}/data/", **kw)
 
 
-def run_once(name: str, server: Any, expected: dict[str, tuple[int, int]]) -> dict[str, Any]:
+def run_once(
+    contender: tuple[str, int | None], server: Any, expected: dict[str, tuple[int, int]]
+) -> dict[str, Any]:
+    name, blocks = contender
     before, server_before = tree_cpu(os.getpid()), tree_cpu(server.pid)
     t0 = time.perf_counter()
-    ds = build(name, server)
+    ds = build(name, blocks, server)
     out = ds.map_batches(crc_rows, batch_format="pyarrow", batch_size=None)
     rows = out.take_all()
     wall = time.perf_counter() - t0
@@ -143,6 +148,10 @@ def run_once(name: str, server: Any, expected: dict[str, tuple[int, int]]) -> di
         "cpu_s": cpu,
         "server_cpu_s": server_cpu,
     }
+
+
+def label(c: tuple[str, int | None]) -> str:
+    return c[0] if c[1] is None else f"{c[0]} (override_num_blocks={c[1]})"
 
 
 def main() -> int:
@@ -189,33 +198,35 @@ def main() -> int:
             runtime_env={"env_vars": server.env()},
         )
         ray.data.DataContext.get_current().enable_progress_bars = False
+        contenders = [(r, b) for b in (None, 2 * args.cpus) for r in READERS]
         try:
-            results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
-            for c in CONTENDERS:  # warm-up: workers started, imports done, server caches warm
+            results: dict[tuple[str, int | None], list[dict[str, Any]]] = {c: [] for c in contenders}
+            for c in contenders:  # warm-up: workers started, imports done, server caches warm
                 run_once(c, server, expected)
             for rep in range(args.reps):
-                order = CONTENDERS[rep % 2 :] + CONTENDERS[: rep % 2]
+                k = rep % len(contenders)
+                order = contenders[k:] + contenders[:k]
                 for c in order:
                     r = run_once(c, server, expected)
                     results[c].append(r)
                     print(
-                        f"rep {rep + 1} {c}: {r['wall_s']:.2f} s, {r['mb_per_s']:.0f} MB/s, "
+                        f"rep {rep + 1} {label(c)}: {r['wall_s']:.2f} s, {r['mb_per_s']:.0f} MB/s, "
                         f"cpu {r['cpu_s']:.1f} s, server cpu {r['server_cpu_s']:.1f} s",
                         file=sys.stderr,
                     )
         finally:
             ray.shutdown()
 
-    def med(c: str, k: str) -> float:
+    def med(c: tuple[str, int | None], k: str) -> float:
         return statistics.median(r[k] for r in results[c])
 
     lines = [
-        "| reader | wall (s) | objects/s | MB/s | driver + Ray CPU (s) | server CPU (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| reader | read tasks | wall (s) | objects/s | MB/s | driver + Ray CPU (s) | server CPU (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for c in CONTENDERS:
+    for c in contenders:
         lines.append(
-            f"| `{c}` | {med(c, 'wall_s'):.2f} | {med(c, 'objects_per_s'):,.0f} | "
+            f"| `{c[0]}` | {'Ray chooses' if c[1] is None else c[1]} | {med(c, 'wall_s'):.2f} | {med(c, 'objects_per_s'):,.0f} | "
             f"{med(c, 'mb_per_s'):,.0f} | {med(c, 'cpu_s'):.1f} | {med(c, 'server_cpu_s'):.1f} |"
         )
     print("\n".join(lines))
@@ -228,7 +239,7 @@ def main() -> int:
         "ray": ray.__version__,
         "s3dlio": s3dlio.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "results": results,
+        "results": {label(c): r for c, r in results.items()},
     }
     (out_dir / "ray.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out_dir / 'ray.json'}", file=sys.stderr)
