@@ -383,6 +383,17 @@ class ShardedDataset(ObjectDataset):
         return f"ShardedDataset({len(self)} samples in {len(self.uris)} {self.format} {unit})"
 
 
+def _owned(sample: Any) -> Any:
+    """A streamed sample with its bytes copied out of the shard's buffer: a sample waiting in the
+    shuffle buffer must not keep its whole shard alive (a buffer of 1,000 samples could pin as
+    many shards)."""
+    if isinstance(sample, memoryview):
+        return memoryview(bytes(sample))
+    if isinstance(sample, dict):
+        return {k: memoryview(bytes(v)) if isinstance(v, memoryview) else v for k, v in sample.items()}
+    return sample
+
+
 def _count(format: str, ix: Any, uri: str) -> int:  # noqa: A002 - as everywhere here
     """Samples in one shard: a file for npz/npy, rows for hdf5 (a list of dataset layouts), the
     index's samples otherwise."""
@@ -568,6 +579,8 @@ class ShardStream(_IterBase):
     ahead, parsed, and their samples mixed through a shuffle buffer of ``shuffle_buffer`` samples
     (0: shard order). The shuffle is therefore global across shards but only local within the
     buffer, as WebDataset's is.
+    Samples entering the buffer are copied out of their shard, so a shard is freed once parsed:
+    memory is about ``readahead`` shards plus ``shuffle_buffer`` samples.
 
     Resume (:meth:`state_dict` / :meth:`load_state_dict`) is exact in what it yields: every sample
     of the epoch is yielded once, before and after the restart together. The state names the
@@ -694,6 +707,7 @@ class ShardStream(_IterBase):
                     if self.shuffle_buffer == 0:
                         yield emit(entry)
                         continue
+                    entry = (entry[0], entry[1], _owned(entry[2]))  # the shard's buffer can go
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append(entry)
                         continue

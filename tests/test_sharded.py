@@ -489,3 +489,12 @@ def test_docs_examples_run(bucket: str, capsys: pytest.CaptureFixture[str]) -> N
         "64 True",
     ]
     assert sorted(ns["first"] + ns["rest"]) == sorted(ns["labels"])
+
+
+def test_stream_buffered_samples_do_not_hold_their_shard(wds_prefix: str) -> None:
+    """Samples that pass through the shuffle buffer own their bytes (no whole 64 MiB shard kept
+    alive per buffered sample); without a buffer they stay zero-copy views of the shard."""
+    mixed = next(iter(ShardStream.from_prefix(wds_prefix, format="wds", shuffle_buffer=10)))
+    assert isinstance(mixed["bin"].obj, bytes)
+    plain = next(iter(ShardStream.from_prefix(wds_prefix, format="wds", shuffle_buffer=0)))
+    assert isinstance(plain["bin"].obj, s3dlio.Buffer)
