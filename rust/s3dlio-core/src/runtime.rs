@@ -48,6 +48,7 @@ pub fn context() -> Result<&'static Context> {
     }
     if current.is_none() {
         tune_allocator(); // once per process image (a forked child inherits the setting)
+        raise_open_file_limit();
     }
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -67,6 +68,34 @@ pub fn context() -> Result<&'static Context> {
     }));
     *current = Some(ctx);
     Ok(ctx)
+}
+
+/// The soft limit on open files s3dlio raises the process's to (within the hard limit).
+const WANTED_OPEN_FILES: u64 = 65536;
+
+/// Every request in flight holds a socket: with the common soft limit of 1,024 open files, a pool
+/// of 2,048 requests would fail with "Too many open files" (the "dispatch failure" other clients
+/// report). Raise the soft limit towards the hard limit, as Go's runtime, Node and Ray do, up to
+/// 65,536; never lower it. `S3DLIO_RAISE_NOFILE=0` leaves it alone.
+fn raise_open_file_limit() {
+    if std::env::var("S3DLIO_RAISE_NOFILE").is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return;
+            }
+            let want = (WANTED_OPEN_FILES as libc::rlim_t).min(lim.rlim_max);
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
 }
 
 /// Default for `S3DLIO_MALLOC_MMAP_THRESHOLD`: allocations of at least 1 MiB are served by mmap.
