@@ -80,17 +80,14 @@ def test_2048_requests_in_flight_from_one_process(bucket: str, s3_server: LocalS
 
 
 def test_the_open_file_limit_is_left_alone_when_asked(bucket: str, s3_server: LocalS3Server) -> None:
-    code = (
-        """
+    code = f"""
         import json, resource
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
         import s3dlio
-        s3dlio.list("s3://%s/")
-        print(json.dumps({"soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}))
+        s3dlio.list("s3://{bucket}/")
+        print(json.dumps({{"soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}}))
     """
-        % bucket
-    )
     assert run_child(code, {**s3_server.env(), "S3DLIO_RAISE_NOFILE": "0"}, timeout=60)["soft"] == 1024
 
 
