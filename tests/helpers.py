@@ -130,3 +130,47 @@ def regression_sample(buf: s3dlio.Buffer) -> tuple[object, object]:
 
     v = np.frombuffer(buf, dtype=np.float32)
     return torch.from_numpy(v[:4].copy()), torch.from_numpy(v[4:].copy())
+
+
+def run_doc_examples(page: str, bucket: str, blocks: int) -> dict[str, object]:
+    """Run every ```python block of ``docs/<page>``, in order, in one namespace, with
+    ``s3://my-bucket`` replaced by ``s3://<bucket>``; the page must have exactly ``blocks`` of
+    them (```py blocks are illustrations, not run). Returns the namespace."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / page
+    found = re.findall(r"^```python\n(.*?)^```\s*$", docs.read_text(), re.MULTILINE | re.DOTALL)
+    assert len(found) == blocks, f"docs/{page} has {len(found)} python blocks, expected {blocks}"
+    ns: dict[str, object] = {"__name__": "__docs__"}
+    for block in found:
+        code = compile(block.replace("s3://my-bucket", f"s3://{bucket}"), f"docs/{page}", "exec")
+        exec(code, ns)  # noqa: S102 - the docs' own examples
+    return ns
+
+
+def interrupt_cli(args: list[str], cwd: object, faulted: Callable[[], bool], settle: float = 0.0) -> bytes:
+    """Run ``python -m s3dlio ARGS`` in ``cwd``; once ``faulted()`` (the proxy has started holding
+    its requests) and ``settle`` seconds more, send SIGINT. It must exit 130 within 10 s with the
+    interruption note and no traceback; returns its stderr."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen(
+        [sys.executable, "-P", "-m", "s3dlio", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert wait_until(faulted, timeout=30), child.communicate(timeout=5)
+        time.sleep(settle)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=20)
+        took = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert took < 10, took  # generous: the bound asserted is "no hang"
+    assert err.decode().startswith("s3dlio: interrupted") and b"Traceback" not in err, err
+    return err

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import s3dlio
-from helpers import require
+from helpers import require, run_doc_examples
 from s3dlio.exceptions import CorruptShardError, InvalidConfigError, NotFoundError
 from s3dlio.sharded import ShardedDataset, ShardStream
 
@@ -470,14 +470,7 @@ def test_generated_hdf5(bucket: str) -> None:
 def test_docs_examples_run(bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Every ```python block of docs/datasets.md runs, in order, against the local server, and
     prints what its comments say."""
-    import re
-
-    docs = Path(__file__).resolve().parent.parent / "docs" / "datasets.md"
-    blocks = re.findall(r"^```python\n(.*?)^```\s*$", docs.read_text(), re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 4
-    ns: dict[str, Any] = {"__name__": "__docs__"}
-    for block in blocks:
-        exec(compile(block.replace("s3://my-bucket", f"s3://{bucket}"), "docs/datasets.md", "exec"), ns)  # noqa: S102
+    ns: dict[str, Any] = run_doc_examples("datasets.md", bucket, blocks=4)
     out = capsys.readouterr().out.splitlines()
     label = int(ns["sample"]["cls"])
     assert out == [
