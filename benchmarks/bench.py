@@ -25,7 +25,8 @@ workloads it measured (``--only checkpoint`` leaves the transfer section as it i
 
 The reference s3dlio release (its module is also called ``s3dlio``) runs from its own virtual
 environment: ``--ref-python`` (default ``.bench/ref/bin/python``, which ``nox -s bench`` makes).
-A client that is not installed is skipped and listed as such.
+A client that is not installed is an error (leave it out with ``--clients``), and every transfer
+workload must have measured s3dlio itself, or the run fails.
 """
 
 from __future__ import annotations
@@ -959,14 +960,23 @@ def main() -> int:
 
     pythons: dict[str, str] = {}
     skipped: list[str] = []
+    if client_python("s3dlio", None) is None:  # whatever --clients says: the subject of the run
+        print("bench: error: s3dlio cannot be imported with -P (is it installed?)", file=sys.stderr)
+        return 2
     for client in dict.fromkeys(c for w in chosen if w.group == "transfer" for c in w.clients):
         if only is not None and client not in only:
             continue
         py = client_python(client, args.ref_python)
         if py is None:
-            skipped.append(f"{client} (not installed)")
-        else:
-            pythons[client] = py
+            # A client that silently drops out would leave a table that compares nothing (or, for
+            # s3dlio itself, a benchmark of the peers alone): leave it out with --clients instead.
+            print(
+                f"bench: error: client {client!r} is not installed (or cannot be imported with -P); "
+                "install it, or leave it out with --clients",
+                file=sys.stderr,
+            )
+            return 2
+        pythons[client] = py
     ckpt_clients: list[str] = []
     ckpt_skipped: list[str] = []
     if any(w.group == "checkpoint" for w in chosen):
@@ -1067,6 +1077,16 @@ def main() -> int:
         server.stop()
 
     by_key = {w.key: w for w in WORKLOADS}
+    # Every transfer workload measured s3dlio itself (a harness that lost it would still "pass").
+    unmeasured = [
+        w.key
+        for w in chosen
+        if w.group == "transfer" and "s3dlio" in w.clients and "s3dlio" in pythons
+        and not series.get((w.key, "s3dlio"), Series(w.key, "s3dlio")).runs
+    ]  # fmt: skip
+    if unmeasured:
+        print(f"bench: error: s3dlio was not measured in {', '.join(unmeasured)}", file=sys.stderr)
+        return 1
     passed = [a for a in sys.argv[1:] if a not in ("--ref-python", "--out", "--doc")]
     for flag in ("--ref-python", "--out", "--doc"):  # the session's plumbing, not the user's choice
         if flag in sys.argv[1:]:
