@@ -92,6 +92,7 @@ def test_the_open_file_limit_is_left_alone_when_asked(bucket: str, s3_server: Lo
 
 
 @pytest.mark.scale
+@pytest.mark.timeout(600)
 def test_scale_2048_in_flight_throughput() -> None:
     """`nox -s scale`: 20,000 objects of 64 KiB through 2,048 requests in flight."""
     with LocalS3Server() as server:  # a server of its own: 1.3 GB written
@@ -144,6 +145,7 @@ def test_listing_20k_keys_streams_in_bounded_memory(bucket: str, s3_server: Loca
 
 
 @pytest.mark.scale
+@pytest.mark.timeout(1800)  # creating a million keys takes minutes
 @pytest.mark.parametrize("n", [100_000, 1_000_000])
 def test_scale_listing_many_keys(n: int) -> None:
     """`nox -s scale`: 100,000 and 1,000,000 keys listed by list_iter: keys/s and how far the
