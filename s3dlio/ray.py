@@ -15,6 +15,7 @@ This module imports ``ray`` (``pip install 's3dlio[ray]'``); ``import s3dlio`` d
 from __future__ import annotations
 
 import inspect
+import os
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
@@ -299,7 +300,8 @@ def read_objects(
     skipped; rows come in key order), or a list of URIs (``sizes``, when given, balances the
     tasks by bytes and fills in Ray's metadata; without it tasks are balanced by count).
 
-    ``override_num_blocks`` asks Ray for that many read tasks (at most one per object); each is a
+    ``override_num_blocks`` asks Ray for that many read tasks (at most one per object; by default
+    two per CPU of the cluster, or one per GiB of data when that is more); each is a
     contiguous run of objects holding about the same number of bytes, and yields its rows as one
     block when they fit Ray's target block size. Inside a task, objects are fetched with
     :func:`s3dlio.get_many` (``max_concurrency`` requests in flight) ``window_bytes`` at a time,
@@ -343,10 +345,29 @@ def read_objects(
         include_paths=include_paths,
         transform=transform,
     )
+    if override_num_blocks is None and "parallelism" not in read_args:
+        override_num_blocks = _default_tasks(known)
     dataset: ray.data.Dataset = ray.data.read_datasource(
         datasource, **_num_blocks_arg(override_num_blocks), **read_args
     )
     return dataset
+
+
+TASK_BYTES = 1 << 30  # the default gives a read task about this much data at most
+
+
+def _default_tasks(sizes: Sequence[int | None]) -> int:
+    """Read tasks when the caller does not say: two per CPU of the cluster (each task overlaps
+    ``max_concurrency`` requests, so a few big tasks beat many small ones, whose per-task overhead
+    in Ray dominates), more for data above ``TASK_BYTES`` per task (or 1,000 objects per task when
+    sizes are unknown), never more than one per object."""
+    resources: dict[str, Any] = ray.cluster_resources() if ray.is_initialized() else {}  # type: ignore[no-untyped-call, unused-ignore]
+    cpus = int(resources.get("CPU", os.cpu_count() or 1))
+    if all(s is not None for s in sizes):
+        by_size = -(-sum(s or 0 for s in sizes) // TASK_BYTES)
+    else:
+        by_size = -(-len(sizes) // 1000)
+    return max(1, min(len(sizes), max(2 * cpus, by_size)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -156,6 +156,15 @@ def test_prefix_every_object_once_in_the_blocks_asked(dataset: tuple[str, dict[s
     assert all(run == sorted(run) for run in runs)
 
 
+def test_default_is_two_read_tasks_per_cpu(dataset: tuple[str, dict[str, bytes]]) -> None:
+    """Without override_num_blocks: two tasks per CPU of the cluster (num_cpus=2 here), not
+    Ray's hundreds of tiny ones."""
+    prefix, want = dataset
+    ds = read_objects(prefix).materialize()
+    assert ds.num_blocks() == min(4, len(want))
+    check_once(rows(ds), want)
+
+
 def test_uri_list_with_an_explicit_config(
     dataset: tuple[str, dict[str, bytes]], s3_server: LocalS3Server
 ) -> None:
