@@ -7,9 +7,11 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,22 +55,35 @@ def cluster(s3_server: LocalS3Server) -> Iterator[None]:
     tests after this module see the process as it was."""
     env = {**s3_server.env(), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     saved_env, saved_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    # Ray's temp dir (its sockets and logs) in /tmp: under nox, TMPDIR is inside the virtual
+    # environment, where Ray's workers refuse to start ("temp_dir must not be child directory of
+    # virtualenv root") and every task then waits for a worker forever.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
         runtime_env={"env_vars": env},
+        _temp_dir=temp,
     )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     try:
+        # A worker must start, or the module fails here with Ray's own account (never a hang).
+        try:
+            ray.get(ray.remote(lambda: os.getpid()).remote(), timeout=90)
+        except Exception as e:
+            logs = sorted(Path(temp).glob("session_*/logs/raylet.err"))
+            tail = logs[-1].read_text()[-3000:] if logs else "(no raylet.err)"
+            pytest.fail(f"no Ray worker started within 90 s: {e!r}\n{tail}")
         yield
     finally:
         ray.shutdown()
         os.environ.clear()
         os.environ.update(saved_env)
         signal.signal(signal.SIGTERM, saved_sigterm)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
