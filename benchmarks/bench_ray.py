@@ -196,6 +196,9 @@ def main() -> int:
             include_dashboard=False,
             log_to_driver=False,
             runtime_env={"env_vars": server.env()},
+            # Ray's workers refuse a temp dir inside the virtual environment, where nox's TMPDIR is
+            # (mkdtemp: a private directory).
+            _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
         )
         ray.data.DataContext.get_current().enable_progress_bars = False
         contenders = [(r, b) for b in (None, 2 * args.cpus) for r in READERS]
