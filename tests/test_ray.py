@@ -59,14 +59,22 @@ def cluster(s3_server: LocalS3Server) -> Iterator[None]:
     # environment, where Ray's workers refuse to start ("temp_dir must not be child directory of
     # virtualenv root") and every task then waits for a worker forever.
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": env},
-        _temp_dir=temp,
-    )
+    # ray.init puts the driver's current directory on every worker's sys.path: from the
+    # repository root that is the source tree's s3dlio (no compiled _core), ahead of the
+    # installed one. Started from the temp dir, the workers import what this process imports.
+    here = os.getcwd()
+    os.chdir(temp)
+    try:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": env},
+            _temp_dir=temp,
+        )
+    finally:
+        os.chdir(here)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     try:
@@ -153,7 +161,7 @@ def test_read_task_fetches_window_by_window_in_process(dataset: tuple[str, dict[
 
 def test_import_s3dlio_does_not_import_ray() -> None:
     code = "import sys, s3dlio; s3dlio.get_many; assert 'ray' not in sys.modules, 'ray imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-P", "-c", code], check=True)  # -P: not the source tree
 
 
 # --- on the Ray cluster -------------------------------------------------------------------------
