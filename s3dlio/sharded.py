@@ -43,8 +43,6 @@ _SUFFIXES: dict[str, tuple[str, ...]] = {
     "npy": (".npy",),
     "hdf5": (".h5", ".hdf5"),
 }
-# Index files written next to TFRecord shards by other tools (the tfrecord package, DALI).
-_TFRECORD_INDEX_SUFFIXES = (".index", ".idx")
 _SIDECAR = ".s3dlio-index"
 MiB = 1 << 20
 
