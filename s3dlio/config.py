@@ -62,6 +62,12 @@ class StorageConfig:
     #: ``file://`` and ``direct://`` writes are flushed to stable storage (the file and its
     #: directory) before the call returns, like ``cp`` followed by ``sync``. Off by default.
     fsync: bool = False
+    #: Bytes of freed read buffers this process keeps for reuse, so the next read of a similar size
+    #: takes memory that is already mapped (no page faults, no zeroing). One pool per process,
+    #: shared by every store: the value of the config used last wins. ``0`` turns pooling off.
+    #: ``None``: ``S3DLIO_BUFFER_POOL_BYTES``, else a sixteenth of physical memory, at most 2 GiB
+    #: (see docs/zero-copy.md).
+    buffer_pool_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None and not isinstance(self.endpoint_url, str):

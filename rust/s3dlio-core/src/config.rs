@@ -39,6 +39,8 @@ pub enum FieldKind {
     OptSeconds,
     /// A non-negative integer.
     Int,
+    /// A non-negative integer or `None`.
+    OptInt,
 }
 
 /// One field of [`StoreConfig`]: the single declaration bindings, docs and tests derive from.
@@ -150,6 +152,19 @@ macro_rules! int_field {
 }
 int_field!(u32, u64, usize);
 
+impl FieldValue for Option<u64> {
+    const KIND: FieldKind = FieldKind::OptInt;
+    fn from_value(name: &str, v: Value) -> Result<Self> {
+        match v {
+            Value::None => Ok(None),
+            v => u64::from_value(name, v).map(Some),
+        }
+    }
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, Value::Int)
+    }
+}
+
 /// Declares [`StoreConfig`] once: the struct, its defaults, [`StoreConfig::FIELDS`] and the
 /// generic [`StoreConfig::set`] / [`StoreConfig::get`] every binding uses.
 macro_rules! store_config {
@@ -238,6 +253,8 @@ store_config! {
     part_size: u64 = 8 * MIB;
     /// `file://` and `direct://` writes by put, put_many, upload and download are flushed to stable storage (file and directory) before the call returns. (`s3dlio.open(uri, "wb")` flushes on close by default; its `fsync=False` turns that off.)
     fsync: bool = false;
+    /// Bytes of freed read buffers this process keeps for reuse (one pool per process, shared by every store: the value of the config used last wins; 0 turns pooling off); `None`: `S3DLIO_BUFFER_POOL_BYTES`, else a sixteenth of physical memory, at most 2 GiB.
+    buffer_pool_bytes: Option<u64> = None;
 }
 
 /// The last 4 characters of a key id (`"****1234"`), as the AWS CLI shows it.
@@ -384,7 +401,7 @@ mod tests {
     #[test]
     fn fields_are_declared_once_and_round_trip() {
         let mut c = StoreConfig::default();
-        assert_eq!(StoreConfig::FIELDS.len(), 17);
+        assert_eq!(StoreConfig::FIELDS.len(), 18);
         for spec in StoreConfig::FIELDS {
             let v = c.get(spec.name).unwrap();
             c.set(spec.name, v).unwrap();
@@ -394,5 +411,10 @@ mod tests {
         assert_eq!(c.max_attempts, 3);
         assert!(c.set("max_attempts", Value::Str("3".into())).is_err());
         assert!(c.set("nope", Value::None).is_err());
+        c.set("buffer_pool_bytes", Value::Int(1 << 20)).unwrap();
+        assert_eq!(c.buffer_pool_bytes, Some(1 << 20));
+        c.set("buffer_pool_bytes", Value::None).unwrap();
+        assert_eq!(c.buffer_pool_bytes, None);
+        assert!(c.set("buffer_pool_bytes", Value::Float(1.0)).is_err());
     }
 }

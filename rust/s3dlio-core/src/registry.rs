@@ -56,6 +56,9 @@ pub(crate) enum RegistryKey {
 
 /// The backend serving `loc` under `cfg`, and `loc`'s key inside it.
 pub async fn resolve(loc: &Location, cfg: &StoreConfig) -> Result<(Arc<dyn Backend>, String)> {
+    if let Some(n) = cfg.buffer_pool_bytes {
+        crate::buf::set_limit(n);
+    }
     let (reg_key, key) = match loc {
         Location::S3 { bucket, key } => (
             RegistryKey::S3 {

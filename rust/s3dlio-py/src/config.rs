@@ -34,8 +34,10 @@ fn value(spec: &FieldSpec, v: &Bound<'_, PyAny>) -> PyResult<Value> {
             .extract::<f64>()
             .map(Value::Float)
             .map_err(|_| invalid_config(format!("{name} must be a number"))),
-        FieldKind::Int if is_bool => Err(invalid_config(format!("{name} must be an integer, not a bool"))),
-        FieldKind::Int => v
+        FieldKind::Int | FieldKind::OptInt if is_bool => {
+            Err(invalid_config(format!("{name} must be an integer, not a bool")))
+        }
+        FieldKind::Int | FieldKind::OptInt => v
             .extract::<u64>()
             .map(Value::Int)
             .map_err(|_| invalid_config(format!("{name} must be a non-negative integer in range"))),
@@ -60,6 +62,7 @@ fn kind_name(k: FieldKind) -> &'static str {
         FieldKind::Seconds => "float",
         FieldKind::OptSeconds => "float | None",
         FieldKind::Int => "int",
+        FieldKind::OptInt => "int | None",
     }
 }
 

@@ -294,6 +294,15 @@ fn stats(py: Python<'_>, reset: bool) -> PyResult<Bound<'_, PyDict>> {
         endpoints.set_item(e.url, one)?;
     }
     d.set_item("endpoints", endpoints)?;
+    let bp = s3dlio_core::buf::stats(reset);
+    let pool = PyDict::new(py);
+    pool.set_item("limit", bp.limit)?;
+    pool.set_item("held_bytes", bp.held_bytes)?;
+    pool.set_item("held_buffers", bp.held_buffers)?;
+    pool.set_item("hits", bp.hits)?;
+    pool.set_item("misses", bp.misses)?;
+    pool.set_item("released", bp.released)?;
+    d.set_item("buffer_pool", pool)?;
     Ok(d)
 }
 

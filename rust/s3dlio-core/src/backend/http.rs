@@ -171,6 +171,25 @@ pub(crate) async fn read_exact(
     read_timeout: Duration,
     uri: &str,
 ) -> Result<Bytes> {
+    if let Some(n) = len.and_then(|n| usize::try_from(n).ok()).filter(|n| *n >= crate::buf::POOL_MIN) {
+        // Chunks into one buffer of the announced size (recycled from the pool, or fresh).
+        let mut buf = crate::buf::ObjBuf::new(n, uri)?;
+        let mut filled = 0usize;
+        while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
+            let end = filled + chunk.len();
+            if end > n {
+                let msg = format!("server sent more than the {n} bytes it announced");
+                return Err(Error::new(ErrorKind::Io, Some(uri), msg));
+            }
+            buf.as_mut_slice()[filled..end].copy_from_slice(&chunk);
+            filled = end;
+        }
+        if filled != n {
+            let msg = format!("body ended after {filled} of {n} bytes");
+            return Err(Error::new(ErrorKind::Io, Some(uri), msg));
+        }
+        return Ok(buf.freeze());
+    }
     let mut buf = BytesMut::with_capacity(len.map_or(0, |n| n as usize));
     while let Some(chunk) = next_chunk(body, read_timeout, uri).await? {
         buf.extend_from_slice(&chunk);

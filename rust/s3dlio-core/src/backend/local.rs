@@ -28,7 +28,7 @@ use futures::StreamExt;
 use tempfile::NamedTempFile;
 
 use super::{Backend, MultipartUpload, SyncSink, SyncSource};
-use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
+use crate::buf::ObjBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::context;
 use crate::types::{GetOptions, GetResult, ListPage, ObjectInfo, PartInfo, PutOptions};
@@ -230,8 +230,8 @@ fn read_span(f: &File, mode: Mode, offset: u64, len: u64, uri: &str, stop: &Stop
     let len_usize = usize::try_from(len).map_err(|_| too_large(uri))?;
     match mode {
         Mode::Buffered => {
-            // Zeroed by the kernel (calloc or a fresh mapping), no memset pass.
-            let mut buf = ZeroedBuf::new(len_usize, uri)?;
+            // pread straight into the buffer (recycled from the pool, or fresh: see buf.rs).
+            let mut buf = ObjBuf::new(len_usize, uri)?;
             read_full(f, buf.as_mut_slice(), offset, uri, stop)?;
             Ok(buf.freeze())
         }
@@ -249,22 +249,14 @@ fn read_span(f: &File, mode: Mode, offset: u64, len: u64, uri: &str, stop: &Stop
                     format!("file shrank while reading: got {got} of {wanted} bytes"),
                 )
             };
-            if span_usize >= MAP_THRESHOLD {
-                // Page-aligned, as O_DIRECT needs.
-                let mut buf = ZeroedBuf::new(span_usize, uri)?;
-                let got = read_direct(f, buf.as_mut_slice(), start, wanted, uri, stop)?;
-                if got < wanted {
-                    return Err(shrank(got));
-                }
-                return Ok(buf.freeze().slice(head..head + len_usize));
-            }
-            let mut buf = AlignedBuf::zeroed(span_usize, uri)?;
-            let got = read_direct(f, &mut buf.as_mut_full()[..span_usize], start, wanted, uri, stop)?;
+            // Page-aligned, as O_DIRECT needs (recycled from the pool, or a fresh mapping). Only
+            // the bytes read are exposed.
+            let mut buf = ObjBuf::aligned(span_usize, uri)?;
+            let got = read_direct(f, buf.as_mut_slice(), start, wanted, uri, stop)?;
             if got < wanted {
                 return Err(shrank(got));
             }
-            buf.len = wanted;
-            Ok(Bytes::from_owner(buf).slice(head..head + len_usize))
+            Ok(buf.freeze().slice(head..head + len_usize))
         }
     }
 }

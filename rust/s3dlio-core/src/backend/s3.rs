@@ -34,7 +34,7 @@ use futures::stream::BoxStream;
 use super::endpoints::{split_endpoints, Endpoints, Lease, Policy};
 use super::http::{check_size, total_from_content_range, Resume};
 use super::{Backend, MultipartUpload};
-use crate::buf::{ZeroedBuf, MAP_THRESHOLD};
+use crate::buf::{ObjBuf, POOL_MIN};
 use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result, ServerDetail};
 use crate::runtime::context;
@@ -298,10 +298,10 @@ impl S3Backend {
             Error::new(ErrorKind::Io, Some(&uri), format!("body ended after {got} of {n} bytes"))
         };
         // The one honest copy: network chunks into one contiguous buffer of the announced size
-        // (a fresh mapping when large: see buf.rs).
+        // (recycled from the buffer pool, or fresh: see buf.rs).
         let data = match len {
-            Some(n) if n >= MAP_THRESHOLD => {
-                let mut buf = ZeroedBuf::new(n, &uri)?;
+            Some(n) if n >= POOL_MIN => {
+                let mut buf = ObjBuf::new(n, &uri)?;
                 let mut filled = 0;
                 fill_from(&mut body, buf.as_mut_slice(), &mut filled, self.read_timeout, &uri).await?;
                 if filled != n {

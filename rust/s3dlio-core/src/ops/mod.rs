@@ -99,7 +99,7 @@ pub async fn get_range(uri: &str, offset: u64, length: Option<u64>, cfg: &StoreC
         let n = usize::try_from(len)
             .map_err(|_| Error::invalid_range(uri, "the range does not fit in memory"))?;
         return operation(cfg, uri, async {
-            let mut buf = crate::buf::ZeroedBuf::new(n, uri)?;
+            let mut buf = crate::buf::ObjBuf::new(n, uri)?;
             b.get_into(&key, offset, buf.as_mut_slice(), &GetOptions::default()).await?;
             Ok(buf.freeze())
         })

@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::within;
 use crate::backend::Backend;
-use crate::buf::ZeroedBuf;
+use crate::buf::ObjBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::RangeEngineConfig;
 use crate::types::{ByteRange, GetOptions};
@@ -86,9 +86,9 @@ async fn read_pinned(
     let chunk = usize::try_from(chunk).unwrap_or(usize::MAX).max(1);
     let pinned =
         GetOptions { expected_size: Some(total), if_match: first.etag.clone(), ..Default::default() };
-    // Zeroed by the kernel, written once: the first response copied in (one chunk), the rest by
-    // the ranges.
-    let mut buf = ZeroedBuf::new(len, &uri)?;
+    // Recycled from the buffer pool (or fresh), written once in full: the first response copied in
+    // (one chunk), the rest by the ranges (any range that fails fails the read).
+    let mut buf = ObjBuf::new(len, &uri)?;
     let start = usize::try_from(have).map_err(|_| too_large(&uri))?;
     buf.as_mut_slice()[..start].copy_from_slice(&first.data);
     drop(first);
