@@ -96,6 +96,56 @@ def s3dlio_ours(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[int, 
     raise KeyError(workload)
 
 
+def s3dlio_iter_get(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[int, int]]:
+    """The streaming API: ``s3dlio.iter_get`` (its default window, as ``get_many``'s default
+    concurrency), counting each buffer and dropping it before the next, as boto3's loop does."""
+    import s3dlio
+
+    uris = spec["uris"]
+    if workload not in ("get", "file", "direct"):
+        raise KeyError(workload)
+
+    def stream() -> tuple[int, int]:
+        total = objects = 0
+        for buf in s3dlio.iter_get(uris):
+            total += len(buf)
+            objects += 1
+            del buf  # released before the next one is taken
+        return total, objects
+
+    return stream
+
+
+def memcpy_ceiling(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[int, int]]:
+    """Not a client: one core copying the workload's bytes from memory to memory (the ceiling of a
+    page-cache read, which is a copy from the page cache). Before the clock the files are read
+    into one source array (each file a slice of it); the timed loop copies every slice in turn
+    into one reused destination array of one file's size, touched beforehand."""
+    import numpy as np
+
+    if workload != "file":
+        raise KeyError(workload)
+    paths = [u.split("://", 1)[1] for u in spec["uris"]]
+    size, n = spec["size"], len(paths)
+    src = np.empty(n * size, dtype=np.uint8)
+    for i, path in enumerate(paths):
+        with open(path, "rb") as f:
+            got = f.readinto(src[i * size : (i + 1) * size].data)
+        if got != size:
+            raise SystemExit(f"memcpy: {path}: read {got} bytes, expected {size}")
+    dst = np.empty(size, dtype=np.uint8)
+    dst.fill(1)  # its pages faulted in before the clock
+
+    def copy() -> tuple[int, int]:
+        total = 0
+        for i in range(n):
+            np.copyto(dst, src[i * size : (i + 1) * size])
+            total += dst.nbytes
+        return total, n
+
+    return copy
+
+
 def s3dlio_reference(workload: str, spec: dict[str, Any]) -> Callable[[], tuple[int, int]]:
     import s3dlio  # the PyPI release, from its own virtual environment
 
@@ -325,6 +375,7 @@ def epoch(loader: Any) -> tuple[int, int]:
 
 CLIENTS: dict[str, Callable[[str, dict[str, Any]], Callable[[], tuple[int, int]]]] = {
     "s3dlio": s3dlio_ours,
+    "s3dlio iter_get": s3dlio_iter_get,
     "s3dlio-0.10.0": s3dlio_reference,
     "boto3": boto3_client,
     "s3torchconnector": s3torchconnector_client,
@@ -332,6 +383,7 @@ CLIENTS: dict[str, Callable[[str, dict[str, Any]], Callable[[], tuple[int, int]]
     "cat": tool_client("cat"),
     "numpy.fromfile": tool_client("numpy.fromfile"),
     "dd": tool_client("dd"),
+    "memcpy (ceiling)": memcpy_ceiling,
 }
 
 
