@@ -275,28 +275,46 @@ def get_many(
     return _core.get_many(_uris(uris), _concurrency(max_concurrency), _native(config))
 
 
+ITER_GET_MAX_BYTES = 256 * 1024 * 1024
+"""``iter_get``'s default byte budget: fetched-ahead objects it holds at most (see its docs)."""
+
+
 def iter_get(
-    uris: Iterable[str], *, max_concurrency: int | None = None, config: StorageConfig | None = None
+    uris: Iterable[str],
+    *,
+    max_concurrency: int | None = None,
+    max_bytes: int | None = ITER_GET_MAX_BYTES,
+    config: StorageConfig | None = None,
 ) -> Iterator[Buffer]:
     """Read many objects concurrently and yield them one by one, in input order.
 
-    Unlike :func:`get_many`, which returns every buffer at once, this holds a bounded window:
-    ``max_concurrency`` (default ``config.max_concurrency``) requests in flight, plus at most as
-    many fetched objects waiting for the consumer. A loop over millions of objects, or over large
-    ones, keeps its memory at the window, as a loop of single GETs would, with the requests of
-    the window overlapping. The fetching runs in the same Rust pool as :class:`DataLoader`.
+    Unlike :func:`get_many`, which returns every buffer at once, this holds a bounded window: at
+    most ``max_concurrency`` (default ``config.max_concurrency``) requests in flight, and at most
+    ``max_bytes`` (default 256 MiB) of objects fetched ahead of the consumer, in flight and
+    waiting, but always at least one object. A request starts only once its share of the budget
+    (the mean size of the objects so far) is free, and the share comes back when the loop takes
+    the object; so small objects get the full concurrency and 16 MiB ones 16 at a time. A loop
+    that drops each buffer before taking the next keeps its memory at the window, as a loop of
+    single GETs would, and its freed buffers are reused by the reads that follow (the buffer
+    pool). ``max_bytes=None`` bounds the window by requests only (up to ``max_concurrency``
+    requests in flight plus as many objects waiting). The fetching runs in the same Rust pool as
+    :class:`DataLoader`.
 
     The first failure is raised naming its URI and the rest is cancelled; so are leaving the loop
     early (``break``, or the generator being closed) and Ctrl-C.
     """
     order = _uris(uris, "iter_get() takes a sequence of URIs")
     n = _concurrency(max_concurrency) or (config or StorageConfig()).max_concurrency
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 1 <= max_bytes < _U64
+    ):
+        raise exceptions.InvalidConfigError(f"max_bytes must be an int of at least 1 or None, got {max_bytes!r}")
     pool = PoolConfig(pool_size=n, readahead_batches=n, adaptive=True)
     stream = _core.BatchStream(
         _list(order),
         _list(range(len(order))),
         {"batch_size": 1, "in_order": True},
-        pool.to_dict(),
+        {**pool.to_dict(), "max_bytes": max_bytes},
         RangeEngineConfig().to_dict(),
         None,
         _native(config),

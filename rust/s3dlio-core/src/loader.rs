@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -350,6 +350,62 @@ pub struct Batch {
     pub positions: Vec<usize>,
     pub indices: Vec<u64>,
     pub data: Vec<Bytes>,
+    /// The share of the byte budget its objects hold, returned when the batch is dropped (handed
+    /// to the consumer).
+    _hold: Option<OwnedSemaphorePermit>,
+}
+
+/// `PoolConfig::max_bytes`: bytes fetched ahead of the consumer, in units of [`ByteBudget::UNIT`]
+/// permits of a FIFO semaphore. A request reserves the running mean object size (the whole budget
+/// until the first object is in, so the first request learns the size alone) before it starts, and
+/// settles to its object's real size when it is in; the permits go back when the consumer takes
+/// the object. FIFO order means the oldest request always gets its share first: with in-order
+/// delivery of one object per batch, the object the consumer waits for never waits on later ones.
+struct ByteBudget {
+    sem: Arc<Semaphore>,
+    units: u32,
+    done: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl ByteBudget {
+    const UNIT: u64 = 4096;
+
+    fn new(bytes: u64) -> ByteBudget {
+        let units =
+            bytes.div_ceil(Self::UNIT).clamp(1, u64::from(u32::MAX).min(Semaphore::MAX_PERMITS as u64));
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        ByteBudget {
+            sem: Arc::new(Semaphore::new(units as usize)),
+            units,
+            done: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    fn units_of(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(Self::UNIT).clamp(1, u64::from(self.units))).unwrap_or(self.units)
+    }
+
+    async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        let n = self.done.load(Ordering::Relaxed);
+        let want = if n == 0 { self.units } else { self.units_of(self.sum.load(Ordering::Relaxed) / n) };
+        Arc::clone(&self.sem).acquire_many_owned(want).await.ok()
+    }
+
+    /// The object is in: hold what it really takes (more only if free now: it is already here).
+    fn settle(&self, permit: &mut OwnedSemaphorePermit, bytes: u64) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(bytes, Ordering::Relaxed);
+        let (want, have) = (self.units_of(bytes) as usize, permit.num_permits());
+        if want < have {
+            drop(permit.split(have - want));
+        } else if want > have {
+            if let Ok(more) = Arc::clone(&self.sem).try_acquire_many_owned((want - have) as u32) {
+                permit.merge(more);
+            }
+        }
+    }
 }
 
 /// A batch that could not be read: its samples and the first error (which names the URI).
@@ -578,6 +634,7 @@ impl BatchLoader {
         }
         let (in_order, on_error, pool_size) = (opts.in_order, opts.on_error, pool.pool_size.max(1));
         let (cfg, range, request_timeout) = (cfg.clone(), range.clone(), pool.request_timeout);
+        let max_bytes = pool.max_bytes;
         let stats = Arc::new(LoaderStats::default());
         let fetch_stats = Arc::clone(&stats);
         // The producer also watches the token itself: a producer whose requests and sends are all
@@ -587,11 +644,13 @@ impl BatchLoader {
         let rx = spawn_prefetch(ctx, &tracker, pool.readahead_batches, token.clone(), move |tx| async move {
             let scope = fetch_scope;
             let fetcher = Arc::new(Fetcher { source, cfg, range, request_timeout, stats: fetch_stats });
+            let budget = max_bytes.map(|b| Arc::new(ByteBudget::new(b)));
             // take_until: once cancelled, not one more request starts.
             let order = futures::stream::iter(order.into_iter().enumerate())
                 .take_until(stop.clone().cancelled_owned());
             let req_scope = Arc::clone(&scope);
-            let items: BoxStream<'static, (usize, u64, Result<Vec<Bytes>>)> =
+            type Hold = Option<OwnedSemaphorePermit>;
+            let items: BoxStream<'static, (usize, u64, Result<Vec<Bytes>>, Hold)> =
                 if fetcher.source.items.is_some() {
                     // Ranged samples: each batch's ranges become merged requests, whose ranges are
                     // handed on in batch order (a batch's requests are consecutive in the stream),
@@ -616,13 +675,26 @@ impl BatchLoader {
                     } else {
                         requests.buffer_unordered(pool_size).boxed()
                     };
-                    done.flat_map(futures::stream::iter).filter_map(samples_of(parts)).boxed()
+                    done.flat_map(futures::stream::iter)
+                        .filter_map(samples_of(parts))
+                        .map(|(pos, idx, r)| (pos, idx, r, None))
+                        .boxed()
                 } else {
                     let requests = order.map(move |(pos, idx)| {
                         let f = Arc::clone(&fetcher);
-                        let fetch =
-                            Scope::run(&req_scope, async move { f.fetch(idx).await.map(|b| vec![b]) });
-                        async move { (pos, idx, fetch.await) }
+                        let budget = budget.clone();
+                        let fetch = Scope::run(&req_scope, async move { f.fetch(idx).await });
+                        async move {
+                            let mut hold = match &budget {
+                                Some(b) => b.reserve().await,
+                                None => None,
+                            };
+                            let got = fetch.await;
+                            if let (Some(b), Some(h), Ok(data)) = (&budget, hold.as_mut(), &got) {
+                                b.settle(h, data.len() as u64);
+                            }
+                            (pos, idx, got.map(|b| vec![b]), hold)
+                        }
                     });
                     if in_order {
                         requests.buffered(pool_size).boxed()
@@ -633,14 +705,21 @@ impl BatchLoader {
             let mut batches = items.chunks(batch_size);
             while let Some(mut chunk) = batches.next().await {
                 if in_order {
-                    chunk.sort_by_key(|(pos, _, _)| *pos); // a batch's merged requests are by offset
+                    chunk.sort_by_key(|(pos, _, _, _)| *pos); // a batch's merged requests are by offset
                 }
                 let n = chunk.len();
                 let mut positions = Vec::with_capacity(n);
                 let mut indices = Vec::with_capacity(n);
                 let mut data = Vec::with_capacity(n);
                 let mut error = None;
-                for (pos, idx, r) in chunk {
+                let mut hold: Option<OwnedSemaphorePermit> = None;
+                for (pos, idx, r, h) in chunk {
+                    if let Some(h) = h {
+                        match hold.as_mut() {
+                            Some(all) => all.merge(h),
+                            None => hold = Some(h),
+                        }
+                    }
                     positions.push(pos);
                     indices.push(idx);
                     match r {
@@ -651,7 +730,7 @@ impl BatchLoader {
                     }
                 }
                 let (msg, halt) = match error {
-                    None => (Ok(Batch { positions, indices, data }), false),
+                    None => (Ok(Batch { positions, indices, data, _hold: hold }), false),
                     Some(error) => {
                         (Err(BatchFailure { positions, indices, error }), on_error == OnError::Raise)
                     }

@@ -109,6 +109,10 @@ pub struct PoolConfig {
     /// While the store throttles or does not answer, how long a request keeps waiting on the
     /// pool's probes (which cost it no attempt) before it fails.
     pub pushback_timeout: Duration,
+    /// Bytes fetched ahead of the consumer at most, in flight and waiting (`iter_get`; batches of
+    /// one object only): a request starts once its share (the running mean object size; the whole
+    /// budget until the first object is in) fits. `None`: bounded by requests and batches only.
+    pub max_bytes: Option<u64>,
 }
 
 impl PoolConfig {
@@ -133,6 +137,7 @@ impl PoolConfig {
             adaptive: true,
             min_pool_size: 1,
             pushback_timeout: DEFAULT_PUSHBACK_TIMEOUT,
+            max_bytes: None,
         }
     }
 
@@ -148,6 +153,9 @@ impl PoolConfig {
                 "min_pool_size must be between 1 and pool_size ({}), got {}",
                 self.pool_size, self.min_pool_size
             )));
+        }
+        if self.max_bytes == Some(0) {
+            return Err(Error::invalid_config("max_bytes must be at least 1 (or None)"));
         }
         Ok(())
     }
@@ -222,6 +230,7 @@ mod tests {
             adaptive: true,
             min_pool_size,
             pushback_timeout: DEFAULT_PUSHBACK_TIMEOUT,
+            max_bytes: None,
         };
         assert!(pool(0, 1).validate().is_err());
         assert!(pool(4, 0).validate().is_err() && pool(4, 5).validate().is_err());

@@ -63,6 +63,7 @@ fn start(
         adaptive: true,
         min_pool_size: 1,
         pushback_timeout: std::time::Duration::from_secs(60),
+        max_bytes: None,
     };
     BatchLoader::start(
         context().unwrap(),

@@ -135,6 +135,8 @@ pub fn pool_config(d: &Bound<'_, PyDict>) -> PyResult<PoolConfig> {
         adaptive: f.bool("adaptive")?.unwrap_or(true),
         min_pool_size: f.usize("min_pool_size")?.unwrap_or(1),
         pushback_timeout: f.seconds("pushback_timeout")?.unwrap_or(DEFAULT_PUSHBACK_TIMEOUT),
+        // Not a PoolConfig field in Python: iter_get's byte budget (see `iter_get(max_bytes=)`).
+        max_bytes: f.u64("max_bytes")?,
     };
     f.finish()?;
     p.validate().map_err(to_pyerr)?;
@@ -306,6 +308,9 @@ impl BatchStream {
             Some(_) => return Err(invalid_config("pass either uris (and sizes) or source=, not both")),
             None => Arc::new(Source::new(uris, sizes).map_err(to_pyerr)?),
         };
+        if pool.max_bytes.is_some() && (opts.batch_size != 1 || source.items.is_some()) {
+            return Err(invalid_config("max_bytes needs batches of one whole object (iter_get)"));
+        }
         if let Some(bad) = order.iter().find(|&&i| i >= source.len() as u64) {
             return Err(invalid_config(format!("index {bad} is out of range for {} samples", source.len())));
         }
