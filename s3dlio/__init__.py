@@ -305,10 +305,13 @@ def iter_get(
     """
     order = _uris(uris, "iter_get() takes a sequence of URIs")
     n = _concurrency(max_concurrency) or (config or StorageConfig()).max_concurrency
-    if max_bytes is not None and (
-        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 1 <= max_bytes < _U64
+    budget: object = max_bytes  # checked at run time: callers may pass anything
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget < _U64
     ):
-        raise exceptions.InvalidConfigError(f"max_bytes must be an int of at least 1 or None, got {max_bytes!r}")
+        raise exceptions.InvalidConfigError(
+            f"max_bytes must be an int of at least 1 or None, got {max_bytes!r}"
+        )
     pool = PoolConfig(pool_size=n, readahead_batches=n, adaptive=True)
     stream = _core.BatchStream(
         _list(order),

@@ -57,7 +57,9 @@ def _slice(b: s3dlio.Buffer) -> Any:
     return memoryview(b)[1000:2000]
 
 
-@pytest.mark.parametrize("view", [_numpy, _memoryview, _torch, _slice], ids=["numpy", "memoryview", "torch", "slice"])
+@pytest.mark.parametrize(
+    "view", [_numpy, _memoryview, _torch, _slice], ids=["numpy", "memoryview", "torch", "slice"]
+)
 @pytest.mark.parametrize("size", [64 * 1024, 3 * MiB], ids=["heap", "mapped"])
 def test_a_held_view_keeps_its_bytes_while_later_reads_reuse_memory(
     root: str, view: Callable[[s3dlio.Buffer], Any], size: int

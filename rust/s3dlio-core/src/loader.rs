@@ -389,7 +389,10 @@ impl ByteBudget {
 
     async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
         let n = self.done.load(Ordering::Relaxed);
-        let want = if n == 0 { self.units } else { self.units_of(self.sum.load(Ordering::Relaxed) / n) };
+        let want = match self.sum.load(Ordering::Relaxed).checked_div(n) {
+            Some(mean) => self.units_of(mean),
+            None => self.units, // nothing in yet: the first request learns the size alone
+        };
         Arc::clone(&self.sem).acquire_many_owned(want).await.ok()
     }
 

@@ -46,6 +46,10 @@ struct Member {
     /// The endpoint URL, or `None` for the SDK's default (AWS) endpoint.
     url: Option<String>,
     client: Client,
+    /// The same client with the SDK's retries off, for requests s3dlio retries itself (GETs and
+    /// listings): built once, not overridden per request (a per-request config override rebuilds
+    /// the SDK's runtime plugins on every call).
+    single: Client,
     in_flight: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -79,13 +83,14 @@ pub struct EndpointStats {
 }
 
 impl Endpoints {
-    /// One member per `(url, client)`; at least one.
-    pub(crate) fn new(members: Vec<(Option<String>, Client)>, policy: Policy) -> Endpoints {
+    /// One member per `(url, client, single-attempt client)`; at least one.
+    pub(crate) fn new(members: Vec<(Option<String>, Client, Client)>, policy: Policy) -> Endpoints {
         let members = members
             .into_iter()
-            .map(|(url, client)| Member {
+            .map(|(url, client, single)| Member {
                 url,
                 client,
+                single,
                 in_flight: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
@@ -191,6 +196,11 @@ impl Lease {
         &self.set.members[self.i].client
     }
 
+    /// The endpoint's client with the SDK's retries off (the caller retries).
+    pub(crate) fn single_attempt(&self) -> &Client {
+        &self.set.members[self.i].single
+    }
+
     /// Record the attempt's outcome: an answer from the server (success or an error status) puts
     /// the endpoint back up; no answer at all (cause `connection`) marks it down for a while.
     pub(crate) fn record<T>(&self, r: Result<T>) -> Result<T> {
@@ -238,7 +248,10 @@ mod tests {
     }
 
     fn set(n: usize, policy: Policy) -> Arc<Endpoints> {
-        Arc::new(Endpoints::new((0..n).map(|i| (Some(format!("http://e{i}")), client())).collect(), policy))
+        Arc::new(Endpoints::new(
+            (0..n).map(|i| (Some(format!("http://e{i}")), client(), client())).collect(),
+            policy,
+        ))
     }
 
     fn refused() -> Error {

@@ -109,16 +109,19 @@ impl ClientKey {
     /// One client per endpoint (one for AWS's own when none is set), sharing the settings.
     async fn build(&self) -> Endpoints {
         if self.endpoints.is_empty() {
-            return Endpoints::new(vec![(None, self.client(None).await)], self.policy);
+            let (client, single) = self.client(None).await;
+            return Endpoints::new(vec![(None, client, single)], self.policy);
         }
         let mut members = Vec::with_capacity(self.endpoints.len());
         for ep in &self.endpoints {
-            members.push((Some(ep.clone()), self.client(Some(ep)).await));
+            let (client, single) = self.client(Some(ep)).await;
+            members.push((Some(ep.clone()), client, single));
         }
         Endpoints::new(members, self.policy)
     }
 
-    async fn client(&self, endpoint: Option<&str>) -> Client {
+    /// The endpoint's client, and the same with the SDK's retries off (for s3dlio's own loops).
+    async fn client(&self, endpoint: Option<&str>) -> (Client, Client) {
         // operation_timeout is not the SDK's: s3dlio applies it around a whole operation, body and
         // its own retries included (crate::ops).
         let timeouts = TimeoutConfig::builder()
@@ -148,7 +151,8 @@ impl ClientKey {
         if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);
         }
-        Client::from_conf(b.build())
+        let single = b.clone().retry_config(RetryConfig::disabled()).build();
+        (Client::from_conf(b.build()), Client::from_conf(single))
     }
 }
 
@@ -245,7 +249,7 @@ impl S3Backend {
         let uri = self.uri(key);
         let lease = self.endpoints.lease();
         let mut req = lease
-            .client()
+            .single_attempt()
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -257,21 +261,16 @@ impl S3Backend {
             });
         }
         let sent = std::time::Instant::now();
-        let sent_req = req
-            .customize()
-            .config_override(aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()))
-            .send()
-            .await
-            .map_err(|e| {
-                let err = map_sdk_err(e, &uri);
-                match range {
-                    Some(r) if err.kind() == ErrorKind::InvalidRange => Error::invalid_range(
-                        &uri,
-                        format!("range {} is outside the object: {}", r.describe(), err.message()),
-                    ),
-                    _ => err,
-                }
-            });
+        let sent_req = req.send().await.map_err(|e| {
+            let err = map_sdk_err(e, &uri);
+            match range {
+                Some(r) if err.kind() == ErrorKind::InvalidRange => Error::invalid_range(
+                    &uri,
+                    format!("range {} is outside the object: {}", r.describe(), err.message()),
+                ),
+                _ => err,
+            }
+        });
         let resp = lease.record(sent_req)?;
         crate::metrics::ttfb(crate::metrics::Op::Get, sent.elapsed());
         let len = resp.content_length().and_then(|n| usize::try_from(n).ok());
@@ -511,16 +510,12 @@ impl Backend for S3Backend {
                 let page = super::http::retrying(max_attempts, initial_backoff, || {
                     let lease = endpoints.lease();
                     let req = lease
-                        .client()
+                        .single_attempt()
                         .list_objects_v2()
                         .bucket(&bucket)
                         .prefix(&prefix)
                         .set_delimiter(delimiter.then(|| "/".to_owned()))
-                        .set_continuation_token(marker.clone())
-                        .customize()
-                        .config_override(
-                            aws_sdk_s3::config::Builder::default().retry_config(RetryConfig::disabled()),
-                        );
+                        .set_continuation_token(marker.clone());
                     let uri = list_uri.clone();
                     async move { lease.record(req.send().await.map_err(|e| map_sdk_err(e, &uri))) }
                 })
