@@ -65,7 +65,7 @@ class StorageConfig:
     #: Bytes of freed read buffers this process keeps for reuse, so the next read of a similar size
     #: takes memory that is already mapped (no page faults, no zeroing). One pool per process,
     #: shared by every store: the value of the config used last wins. ``0`` turns pooling off.
-    #: ``None``: ``S3DLIO_BUFFER_POOL_BYTES``, else a sixteenth of physical memory, at most 2 GiB
+    #: ``None``: ``S3DLIO_BUFFER_POOL_BYTES``, else a sixteenth of physical memory, at most 1 GiB
     #: (see docs/zero-copy.md).
     buffer_pool_bytes: int | None = None
 

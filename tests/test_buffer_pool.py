@@ -108,6 +108,11 @@ def test_a_recycled_buffer_never_shows_an_earlier_objects_bytes(root: str) -> No
         del arr, got
     part = s3dlio.get_range(f"{root}cls/18", 5, 17 * MiB)
     assert bytes(part) == b"\x22" * (17 * MiB)
+    del part
+    # A smaller read may take a larger free buffer (up to twice its size): 12 MiB in a 20 MiB one.
+    s3dlio.put(f"{root}cls/12", b"\x44" * (12 * MiB))
+    got = np.frombuffer(s3dlio.get(f"{root}cls/12"), dtype=np.uint8)
+    assert len(got) == 12 * MiB and int(got.min()) == 0x44 and int(got.max()) == 0x44
 
 
 def test_reads_take_buffers_from_the_pool(root: str) -> None:

@@ -5,9 +5,10 @@
 //! `memoryview`, numpy array or tensor made from its `s3dlio.Buffer`, and the `Buffer` itself),
 //! its memory goes back to a per-process pool instead of to the kernel, and the next read of a
 //! similar size takes it: no page faults, no zeroing, no `munmap`/`mmap` pair. Sizes are rounded up
-//! to classes (four per power of two, so at most 25 % is unused); the pool keeps at most
+//! to classes (four per power of two, so at most 25 % is unused), and a read may take a free buffer
+//! of up to four classes more (twice its size) when its own class has none; the pool keeps at most
 //! [`limit`] bytes (`S3DLIO_BUFFER_POOL_BYTES`, or `StorageConfig.buffer_pool_bytes`; by default a
-//! sixteenth of physical memory, at most 2 GiB; 0 turns pooling off), evicting the longest-idle
+//! sixteenth of physical memory, at most 1 GiB; 0 turns pooling off), evicting the longest-idle
 //! buffer first, and a background thread releases buffers idle for [`IDLE`]. A forked child starts
 //! with an empty pool of its own (the parent's is never touched: its lock may have been held at the
 //! fork); a buffer made by another process is freed, not pooled.
@@ -50,7 +51,10 @@ pub const POOL_MIN: usize = 16 << 10;
 pub const IDLE: Duration = Duration::from_secs(10);
 /// The default pool bound is physical memory / this, at most [`DEFAULT_MAX`].
 const DEFAULT_FRACTION: u64 = 16;
-const DEFAULT_MAX: u64 = 2 << 30;
+const DEFAULT_MAX: u64 = 1 << 30;
+/// A request may take a free buffer up to this many size classes larger than its own (4 classes:
+/// at most twice its size).
+const FIT: usize = 4;
 const PAGE: usize = 4096;
 
 /// A writable buffer of `len` bytes for one read. Fresh ones are zeroed; recycled ones hold an
@@ -142,8 +146,8 @@ impl ObjBuf {
             return Ok(ObjBuf { mem: Some(fresh(cap, mapped, uri)?), len, slot: None, pid });
         };
         let pool = pool();
-        if let Some(mem) = pool.take(slot) {
-            return Ok(ObjBuf { mem: Some(mem), len, slot: Some(slot), pid });
+        if let Some((got, mem)) = pool.take(slot) {
+            return Ok(ObjBuf { mem: Some(mem), len, slot: Some(got), pid });
         }
         Ok(ObjBuf { mem: Some(fresh(slot.class, mapped, uri)?), len, slot: Some(slot), pid })
     }
@@ -247,7 +251,7 @@ fn parse_bytes(v: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
-/// A sixteenth of physical memory, at most 2 GiB.
+/// A sixteenth of physical memory, at most 1 GiB.
 fn default_limit() -> u64 {
     // SAFETY: sysconf only reads system parameters.
     let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
@@ -345,14 +349,31 @@ impl Pool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn take(&self, slot: Slot) -> Option<Mem> {
+    /// A free buffer of `slot`'s class or, failing that, of one of the next [`FIT`] classes up
+    /// (at most twice the size: objects of varied sizes then share buffers instead of each class
+    /// keeping its own), with the slot it belongs to.
+    fn take(&self, slot: Slot) -> Option<(Slot, Mem)> {
         let mut st = self.lock();
-        let got = st.free.get_mut(&slot).and_then(|q| q.pop_back());
+        let mut want = slot;
+        let mut got = None;
+        for _ in 0..=FIT {
+            if let Some(m) = st.free.get_mut(&want).and_then(|q| q.pop_back()) {
+                got = Some((want, m.0));
+                break;
+            }
+            match want.class.checked_add(1).and_then(class_of) {
+                Some(next) => want.class = next,
+                None => break,
+            }
+        }
         match got {
-            Some((mem, _)) => {
+            Some((found, mem)) => {
+                if st.free.get(&found).is_some_and(VecDeque::is_empty) {
+                    st.free.remove(&found);
+                }
                 st.held -= mem.capacity();
                 st.hits += 1;
-                Some(mem)
+                Some((found, mem))
             }
             None => {
                 st.misses += 1;
@@ -505,6 +526,23 @@ mod tests {
         let c = ObjBuf::new(len, "test://").unwrap();
         let reused = [c.as_ref().as_ptr() as usize];
         assert!(reused.contains(&addr) || limit().unwrap() == 0, "the freed buffer is taken again");
+    }
+
+    #[test]
+    fn a_read_takes_a_larger_free_buffer_up_to_twice_its_size() {
+        let p = Pool { pid: std::process::id(), state: Mutex::new(State::default()) };
+        let big = Slot { class: 40 << 20, mapped: true };
+        p.give(big, Mem::Heap(vec![0; 8])); // stands for a 40 MiB buffer (only the slot matters here)
+        let small = Slot { class: 16 << 20, mapped: true };
+        assert!(p.take(small).is_none(), "40 MiB is more than twice 16 MiB: not taken");
+        let (found, _) = p.take(Slot { class: 24 << 20, mapped: true }).expect("24 -> 40 MiB is within 2x");
+        assert_eq!(found, big, "the buffer keeps its own slot (it returns there)");
+        assert!(p.lock().free.is_empty());
+        p.give(Slot { class: 40 << 20, mapped: false }, Mem::Heap(vec![0; 8]));
+        assert!(
+            p.take(Slot { class: 24 << 20, mapped: true }).is_none(),
+            "heap never serves a mapped request"
+        );
     }
 
     #[test]

@@ -253,7 +253,7 @@ store_config! {
     part_size: u64 = 8 * MIB;
     /// `file://` and `direct://` writes by put, put_many, upload and download are flushed to stable storage (file and directory) before the call returns. (`s3dlio.open(uri, "wb")` flushes on close by default; its `fsync=False` turns that off.)
     fsync: bool = false;
-    /// Bytes of freed read buffers this process keeps for reuse (one pool per process, shared by every store: the value of the config used last wins; 0 turns pooling off); `None`: `S3DLIO_BUFFER_POOL_BYTES`, else a sixteenth of physical memory, at most 2 GiB.
+    /// Bytes of freed read buffers this process keeps for reuse (one pool per process, shared by every store: the value of the config used last wins; 0 turns pooling off); `None`: `S3DLIO_BUFFER_POOL_BYTES`, else a sixteenth of physical memory, at most 1 GiB.
     buffer_pool_bytes: Option<u64> = None;
 }
 
