@@ -216,7 +216,10 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 /// (connection, status, body). In an adaptive pool ([`crate::scope`]), an attempt that failed by
 /// pushback (throttling, no answer) while the pool was probing at its floor is the pool's probe,
 /// not the request's own failure: it costs no attempt, for as long as the pool's
-/// `pushback_timeout` allows since the request started.
+/// `pushback_timeout` allows since the request started. So does a 5xx answer to such a probe: a
+/// store that stopped answering and comes back answering 500/502/503/504 for a while (a restarted
+/// server whose volumes have not registered yet) is the same outage. A store that answers 5xx
+/// without having stopped answering first is not probed: those attempts count.
 pub(crate) struct Budget {
     max: u32,
     counted: u32,
@@ -232,8 +235,10 @@ impl Budget {
     /// Count a failed attempt; true when the request may try again (after [`Budget::pause`]).
     pub fn retry(&mut self, e: &Error, probe: Option<Duration>) -> bool {
         self.attempts += 1;
-        let free =
-            probe.is_some_and(|limit| crate::limiter::is_pushback(e) && self.started.elapsed() < limit);
+        let unavailable = matches!(e.status(), Some(500 | 502 | 503 | 504));
+        let free = probe.is_some_and(|limit| {
+            (crate::limiter::is_pushback(e) || unavailable) && self.started.elapsed() < limit
+        });
         if !free {
             self.counted += 1;
         }
@@ -449,4 +454,29 @@ where
         r?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::error::{ErrorKind, ServerDetail};
+
+    fn http(status: u16) -> Error {
+        Error::new(ErrorKind::Io, Some("s3://b/k"), "InternalError")
+            .with_detail(ServerDetail { status: Some(status), ..Default::default() })
+    }
+
+    #[test]
+    fn a_5xx_answer_to_a_probe_is_free_and_otherwise_counts() {
+        let probe = Some(Duration::from_secs(60));
+        let mut b = Budget::new(2);
+        for _ in 0..10 {
+            assert!(b.retry(&http(500), probe), "while the pool probes after an outage, 5xx costs nothing");
+        }
+        assert_eq!(b.counted, 0);
+        assert!(b.retry(&http(500), None), "without a probe the first 500 counts");
+        assert!(!b.retry(&http(500), None), "and the second ends a budget of 2");
+        let mut b = Budget::new(1);
+        assert!(!b.retry(&http(404), probe), "a 404 is never free (and not transient)");
+    }
 }
