@@ -294,11 +294,6 @@ pub fn stats(reset: bool) -> PoolStats {
     out
 }
 
-/// Release every pooled buffer now.
-pub fn trim() {
-    pool().shrink_to(0);
-}
-
 struct Pool {
     pid: u32,
     state: Mutex<State>,
